@@ -1,0 +1,86 @@
+"""The comparison core: a backend's outputs against the float64 truth, one verdict per component.
+
+A component fails when |out - truth| > tol anywhere, or when the finite/non-finite pattern
+differs from the truth's after rounding to the output dtype (NaN or Inf where the rounded
+truth is finite, and the reverse: an fp16 dx whose truth exceeds 65504 must be Inf)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from fuzz.precision import UNIT_ROUNDOFF
+
+
+@dataclass
+class Verdict:
+    component: str
+    passed: bool
+    max_abs_err: float          # over elements where both are finite
+    bound_at_worst: float       # tol at the element with the worst ratio
+    worst_ratio: float          # max |out - truth| / tol (the search climbs on this)
+    worst_index: tuple          # index of that element
+    nonfinite_mismatches: int
+    out_at_worst: float = float("nan")
+    truth_at_worst: float = float("nan")
+    problem: str = ""           # contract problems: wrong shape, dtype, device
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["worst_index"] = list(self.worst_index)
+        return d
+
+
+def contract_problem(name: str, out, expected_shape, expected_dtype, expected_device) -> str:
+    if not isinstance(out, torch.Tensor):
+        return f"{name}: expected a tensor, got {type(out).__name__}"
+    if tuple(out.shape) != tuple(expected_shape):
+        return f"{name}: shape {tuple(out.shape)}, expected {tuple(expected_shape)}"
+    if out.dtype != expected_dtype:
+        return f"{name}: dtype {out.dtype}, expected {expected_dtype}"
+    if out.device.type != torch.device(expected_device).type:
+        return f"{name}: on {out.device}, expected {expected_device}"
+    return ""
+
+
+def compare(component: str, out: torch.Tensor, truth: torch.Tensor, tol: torch.Tensor,
+            out_dtype: torch.dtype) -> Verdict:
+    """Verdict for one component. truth and tol are float64 tensors of out's shape."""
+    o = out.detach().to(torch.float64)
+    t = truth.to(o.device)
+    tol = tol.to(o.device)
+    expected = t.to(out_dtype).to(torch.float64)          # overflow of the stored type is Inf
+    fin_o, fin_e = torch.isfinite(o), torch.isfinite(expected)
+    # near the overflow threshold either a finite value or Inf is a correct rounding
+    top = torch.finfo(out_dtype).max
+    ulp_top = top * 2 * UNIT_ROUNDOFF.get({torch.bfloat16: "bf16", torch.float16: "fp16"}.get(out_dtype, "fp32"))
+    ambiguous = (t.abs() - tol < top + ulp_top / 2) & (t.abs() + tol >= top + ulp_top / 2)
+    both_nonfinite = ~fin_o & ~fin_e
+    same_special = both_nonfinite & ((o == expected) | (torch.isnan(o) & torch.isnan(expected)))
+    mismatch = ((fin_o != fin_e) & ~ambiguous) | (both_nonfinite & ~same_special)
+    n_mismatch = int(mismatch.sum())
+
+    both = fin_o & torch.isfinite(t)
+    err = torch.where(both, (o - t).abs(), torch.zeros_like(t))
+    ratio = torch.where(both, err / tol.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(t))
+    # tol == 0 (exact zero truth with zero magnitude) and err == 0 is a ratio of 0
+    ratio = torch.where(err == 0, torch.zeros_like(ratio), ratio)
+    if o.numel():
+        flat = int(torch.argmax(ratio))
+        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), o.shape))
+        worst = float(ratio.reshape(-1)[flat])
+        bound = float(tol.reshape(-1)[flat])
+        out_w, truth_w = float(o.reshape(-1)[flat]), float(t.reshape(-1)[flat])
+        max_err = float(err.max())
+    else:
+        idx, worst, bound, out_w, truth_w, max_err = (), 0.0, 0.0, float("nan"), float("nan"), 0.0
+    if n_mismatch:
+        bad = torch.nonzero(mismatch)[0]
+        idx = tuple(int(i) for i in bad)
+        out_w, truth_w = float(o[idx]), float(t[idx])
+    return Verdict(component, worst <= 1.0 and n_mismatch == 0, max_err, bound, worst, idx,
+                   n_mismatch, out_w, truth_w)
+
+
+def contract_verdict(component: str, problem: str) -> Verdict:
+    return Verdict(component, False, float("nan"), float("nan"), float("inf"), (), 0, problem=problem)

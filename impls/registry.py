@@ -1,0 +1,241 @@
+"""The registry of backends: what a backend is, what it declares, and how it is found.
+
+A backend is any object with
+  name: str
+  capabilities: Capabilities
+  backward(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma)
+      -> (dx, dphi, dalpha, dbias, dgamma)
+and optionally
+  forward(x, phi, alpha, bias, gamma=None) -> (h_in, h_post, h_res, inv_rms, h_mix, h_pre)
+  unavailable_reason() -> str | None     (why it cannot run here, e.g. "no CUDA device")
+
+Backends come from three places, in this order: the built-ins of this package, the
+entry-point group ``mhc_fuzz.backends`` (value ``module:attr``, an instance or a
+zero-argument factory), and ``module:attr`` targets given at run time (``--plugin``).
+A source that fails to import or breaks the contract is recorded in ``Registry.errors``
+with a message naming it; the other backends still load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import torch
+
+ENTRY_POINT_GROUP = "mhc_fuzz.backends"
+BUILTIN_TARGETS = (
+    "impls.golden_backend:backend",
+    "impls.triton_mhc:backend",
+    "impls.tilelang_mhc:backend",
+)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# Input precision of matrix products a backend may declare (rounding of the GEMM operands).
+GEMM_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+DEVICES = ("cpu", "cuda")
+
+
+class UnsupportedInputError(ValueError):
+    """Raised by a backend for inputs outside its declared capabilities."""
+
+
+class BackendContractError(TypeError):
+    """An object registered as a backend does not satisfy the contract above."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend promises to compute correctly. The fuzzer generates only inputs
+    inside these limits and checks that inputs outside them are refused."""
+    devices: tuple[str, ...] = DEVICES
+    x_dtypes: tuple[str, ...] = ("bf16", "fp16", "fp32")
+    n_values: tuple[int, ...] | None = None      # None: every n >= 1
+    d_multiple: int = 1                           # D must be a multiple of this
+    d_max: int | None = None
+    max_tokens: int | None = None                 # largest T = B*S
+    deterministic: bool = False                   # bitwise-identical results run to run
+    gemm_precision: str = "fp32"                  # operand precision of its matrix products
+    has_forward: bool = False
+    notes: str = ""
+
+    def __post_init__(self):
+        problems = []
+        if not self.devices or any(d not in DEVICES for d in self.devices):
+            problems.append(f"devices must be a non-empty subset of {DEVICES}, got {self.devices!r}")
+        if not self.x_dtypes or any(d not in DTYPES for d in self.x_dtypes):
+            problems.append(f"x_dtypes must be a non-empty subset of {tuple(DTYPES)}, got {self.x_dtypes!r}")
+        if self.n_values is not None and (not self.n_values or any(
+                not isinstance(v, int) or v < 1 for v in self.n_values)):
+            problems.append(f"n_values must be None or positive ints, got {self.n_values!r}")
+        if not isinstance(self.d_multiple, int) or self.d_multiple < 1:
+            problems.append(f"d_multiple must be a positive int, got {self.d_multiple!r}")
+        for key in ("d_max", "max_tokens"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                problems.append(f"{key} must be None or a positive int, got {v!r}")
+        if self.gemm_precision not in GEMM_PRECISIONS:
+            problems.append(f"gemm_precision must be one of {GEMM_PRECISIONS}, got {self.gemm_precision!r}")
+        if problems:
+            raise BackendContractError("invalid capabilities: " + "; ".join(problems))
+
+    def refusal(self, *, device: str, x_dtype: str, n: int, D: int, T: int) -> str | None:
+        """Why an input of this kind is outside the declared limits, or None if inside."""
+        if device not in self.devices:
+            return f"device {device} not in {self.devices}"
+        if x_dtype not in self.x_dtypes:
+            return f"x dtype {x_dtype} not in {self.x_dtypes}"
+        if self.n_values is not None and n not in self.n_values:
+            return f"n={n} not in {self.n_values}"
+        if D % self.d_multiple:
+            return f"D={D} is not a multiple of {self.d_multiple}"
+        if self.d_max is not None and D > self.d_max:
+            return f"D={D} > {self.d_max}"
+        if self.max_tokens is not None and T > self.max_tokens:
+            return f"T={T} > {self.max_tokens}"
+        return None
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_inputs(capabilities: Capabilities, backend_name: str, x: torch.Tensor) -> None:
+    """Helper for backends: raise UnsupportedInputError for x outside the capabilities."""
+    if x.dim() != 4:
+        raise UnsupportedInputError(f"{backend_name}: x must be [B,S,n,D], got shape {tuple(x.shape)}")
+    B, S, n, D = x.shape
+    reason = capabilities.refusal(device=x.device.type, x_dtype=DTYPE_NAMES.get(x.dtype, str(x.dtype)),
+                                  n=n, D=D, T=B * S)
+    if reason:
+        raise UnsupportedInputError(f"{backend_name}: unsupported input: {reason}")
+
+
+def validate_backend(obj, source: str):
+    """Return obj if it satisfies the contract, else raise BackendContractError naming source."""
+    def fail(why):
+        raise BackendContractError(f"backend from {source}: {why}")
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not name or not name.replace("-", "_").replace(".", "_").isidentifier():
+        fail(f"'name' must be a non-empty identifier-like string, got {name!r}")
+    if not isinstance(getattr(obj, "capabilities", None), Capabilities):
+        fail("'capabilities' must be an impls.registry.Capabilities")
+    backward = getattr(obj, "backward", None)
+    if not callable(backward):
+        fail("'backward' must be callable")
+    try:
+        params = inspect.signature(backward).parameters
+    except (TypeError, ValueError):
+        params = None
+    if params is not None and not any(p.kind == p.VAR_POSITIONAL for p in params.values()):
+        positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(positional) < 12:
+            fail(f"'backward' must take the 12 arguments of the contract, takes {len(positional)}")
+    if obj.capabilities.has_forward and not callable(getattr(obj, "forward", None)):
+        fail("capabilities.has_forward is set but 'forward' is not callable")
+    return obj
+
+
+def unavailable_reason(backend) -> str | None:
+    """Why the backend cannot run on this machine (None when it can)."""
+    probe = getattr(backend, "unavailable_reason", None)
+    if probe is None:
+        return None
+    try:
+        return probe()
+    except Exception as exc:  # a broken probe must not hide the other backends
+        return f"availability check raised {type(exc).__name__}: {exc}"
+
+
+def resolve_target(target: str, source: str):
+    """Import 'module:attr' and return the backend (calling a factory if needed)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise BackendContractError(f"{source}: plugin target must look like 'module:attr', got {target!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise BackendContractError(f"{source}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise BackendContractError(f"{source}: {module_name!r} has no attribute {attr!r}") from exc
+    if not hasattr(obj, "backward") and callable(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise BackendContractError(f"{source}: factory {target!r} raised {type(exc).__name__}: {exc}") from exc
+    return validate_backend(obj, source)
+
+
+@dataclass
+class Registry:
+    backends: dict = field(default_factory=dict)   # name -> backend
+    sources: dict = field(default_factory=dict)    # name -> where it came from
+    errors: dict = field(default_factory=dict)     # source -> message
+
+    def register(self, backend, source: str = "direct"):
+        validate_backend(backend, source)
+        if backend.name in self.backends:
+            raise BackendContractError(
+                f"backend from {source}: name {backend.name!r} already registered by {self.sources[backend.name]}")
+        self.backends[backend.name] = backend
+        self.sources[backend.name] = source
+        return backend
+
+    def _add(self, target: str, source: str, loader=None):
+        try:
+            obj = loader() if loader else resolve_target(target, source)
+            if loader:
+                obj = resolve_loaded(obj, source)
+            self.register(obj, source)
+        except Exception as exc:
+            self.errors[source] = str(exc) if isinstance(exc, BackendContractError) else \
+                f"{source}: {type(exc).__name__}: {exc}"
+
+    def load_builtins(self):
+        for target in BUILTIN_TARGETS:
+            self._add(target, f"builtin {target}")
+        return self
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP):
+        for ep in metadata.entry_points(group=group):
+            source = f"entry point {ep.name} = {ep.value} (group {group})"
+            self._add(ep.value, source, loader=ep.load)
+        return self
+
+    def load_plugin(self, target: str):
+        self._add(target, f"--plugin {target}")
+        return self
+
+    def get(self, name: str):
+        if name not in self.backends:
+            known = ", ".join(sorted(self.backends)) or "none"
+            raise KeyError(f"no backend named {name!r} (registered: {known})")
+        return self.backends[name]
+
+    def names(self):
+        return list(self.backends)
+
+
+def resolve_loaded(obj, source: str):
+    if not hasattr(obj, "backward") and callable(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise BackendContractError(f"{source}: factory raised {type(exc).__name__}: {exc}") from exc
+    return validate_backend(obj, source)
+
+
+def default_registry(plugins=(), entry_points: bool = True) -> Registry:
+    """Built-ins, then entry points, then run-time plugins."""
+    reg = Registry().load_builtins()
+    if entry_points:
+        reg.load_entry_points()
+    for target in plugins:
+        reg.load_plugin(target)
+    return reg
