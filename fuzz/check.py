@@ -42,6 +42,7 @@ class CaseResult:
     verdicts: list = field(default_factory=list)
     message: str = ""
     seconds: float = 0.0
+    backend_stats: dict = field(default_factory=dict)   # e.g. compile counts, from backend.stats()
 
     @property
     def failed(self) -> bool:
@@ -60,7 +61,14 @@ class CaseResult:
     def to_dict(self) -> dict:
         return dict(backend=self.backend, params=self.params.to_dict(), device=self.device,
                     status=self.status, kind=self.kind, message=self.message,
-                    seconds=round(self.seconds, 4), verdicts=[v.to_dict() for v in self.verdicts])
+                    seconds=round(self.seconds, 4), verdicts=[v.to_dict() for v in self.verdicts],
+                    backend_stats=self.backend_stats)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CaseResult":
+        return cls(d["backend"], CaseParams.from_dict(d["params"]), d["device"], d["status"], d.get("kind", ""),
+                   [cmp.Verdict.from_dict(v) for v in d.get("verdicts", [])], d.get("message", ""),
+                   d.get("seconds", 0.0), d.get("backend_stats") or {})
 
 
 def _clone(inp: Inputs) -> dict:
@@ -172,7 +180,20 @@ def run_case(backend, params: CaseParams, device: str = "cpu", tolerances=None,
             res.status, res.kind = "fail", NONDETERMINISTIC
             res.message = f"declared deterministic, but two runs differ bitwise in {', '.join(diff)}"
     res.seconds = time.perf_counter() - t0
+    res.backend_stats = backend_stats(backend)
     return res
+
+
+def backend_stats(backend) -> dict:
+    """What a backend reports about itself (compile counts, ...), if it offers stats()."""
+    probe = getattr(backend, "stats", None)
+    if not callable(probe):
+        return {}
+    try:
+        out = probe()
+        return dict(out) if isinstance(out, dict) else {}
+    except Exception:
+        return {}
 
 
 def _fresh(inp: Inputs, before: dict):

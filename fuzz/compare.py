@@ -30,6 +30,12 @@ class Verdict:
         d["worst_index"] = list(self.worst_index)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Verdict":
+        d = dict(d)
+        d["worst_index"] = tuple(d.get("worst_index", ()))
+        return cls(**d)
+
 
 def contract_problem(name: str, out, expected_shape, expected_dtype, expected_device) -> str:
     if not isinstance(out, torch.Tensor):

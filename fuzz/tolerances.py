@@ -35,6 +35,7 @@ class Rule:
     gemm_operands: float
     output_ulps: float
     lam: float
+    underflow: float = 0.0
 
     def out_format(self) -> str:
         return self.x_dtype if self.stored_in == "x" else self.stored_in
@@ -52,7 +53,8 @@ class Rule:
         k_acc = self.accumulation_factor(dims)
         floor = smallest_normal(out)
         return (magnitude * (u_acc * k_acc + self.gemm_operands * u_gemm)
-                + 2 * self.output_ulps * UNIT_ROUNDOFF[out] * truth.abs().clamp_min(floor))
+                + 2 * self.output_ulps * UNIT_ROUNDOFF[out] * truth.abs().clamp_min(floor)
+                + self.underflow)
 
 
 def eval_length(expr: str, dims: dict) -> int:
@@ -98,12 +100,13 @@ def load(path: str | Path | None = None) -> Tolerances:
         raise ToleranceFileError(f"{where}: {at}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
     if not isinstance(doc, dict):
         fail("(top level)", "must be a mapping with keys version, lambda, components")
-    unknown = set(doc) - {"version", "lambda", "components"}
+    unknown = set(doc) - {"version", "lambda", "underflow", "components"}
     if unknown:
-        fail(sorted(unknown)[0], "unknown key (expected version, lambda, components)")
+        fail(sorted(unknown)[0], "unknown key (expected version, lambda, underflow, components)")
     if doc.get("version") != 1:
         fail("version", f"must be 1, got {doc.get('version')!r}")
     lam = _number(doc.get("lambda"), "lambda", fail)
+    underflow = _number(doc.get("underflow"), "underflow", fail)
     comps = doc.get("components")
     if not isinstance(comps, dict):
         fail("components", "missing or not a mapping")
@@ -151,7 +154,8 @@ def load(path: str | Path | None = None) -> Tolerances:
             for k in sorted(set(d) - DTYPE_KEYS):
                 fail(f"{key}.per_dtype.{dt}.{k}", f"unknown key (expected {sorted(DTYPE_KEYS)})")
             ulps = _number(d["output_ulps"], f"{key}.per_dtype.{dt}.output_ulps", fail)
-            rules[(name, dt)] = Rule(name, dt, stored, tuple(str(s) for s in sums), roundings, gemm, ulps, lam)
+            rules[(name, dt)] = Rule(name, dt, stored, tuple(str(s) for s in sums), roundings, gemm, ulps, lam,
+                                     underflow)
     return Tolerances(where, rules)
 
 

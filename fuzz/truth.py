@@ -54,7 +54,9 @@ def magnitudes(inp) -> dict:
     m_inv = inv_rms                                   # positive terms only: M = |value|
     m_mix = (vx * ag) @ aphi.t()
     m_t = m_mix * inv_rms[..., None]
-    s_pre, s_post = (h_pre - HC_EPS).abs(), h_post / 2
+    # s_pre = h_pre - hc_eps: its magnitude is |h_pre| + hc_eps (the rounding of the saved
+    # h_pre, ~u*|h_pre|, can exceed s itself when the sigmoid is saturated near 0)
+    s_pre, s_post = h_pre + HC_EPS, h_post / 2
     dsig_pre, dsig_post = s_pre * (1 + s_pre), s_post * (1 + s_post)
     m_hpre = dsig_pre * (aa[0] * m_t[..., :n] + ab[:n]) + h_pre
     m_hpost = 2 * dsig_post * (aa[1] * m_t[..., n:2 * n] + ab[n:2 * n]) + h_post

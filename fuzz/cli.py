@@ -1,0 +1,375 @@
+"""mhc-fuzz: the command line.
+
+  mhc-fuzz backends                      what is registered, and whether it can run here
+  mhc-fuzz run --backend all --budget 10m   fuzz, write reports, summary, JUnit
+  mhc-fuzz replay reports/<b>/<id>.json  rerun a report; exit 1 while it still fails
+
+Errors in what the harness is given (files, flags, plugins) print one line and exit 2;
+--debug shows the traceback."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+
+
+class HarnessError(Exception):
+    """Bad input to the harness itself: printed as one line, exit code 2."""
+
+
+def parse_budget(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*", str(text))
+    if not m:
+        raise HarnessError(f"--budget {text!r}: expected a duration like 90s, 10m or 1.5h")
+    seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    if seconds <= 0:
+        raise HarnessError(f"--budget {text!r}: must be more than zero")
+    if seconds > 7 * 24 * 3600:
+        raise HarnessError(f"--budget {text!r}: more than a week; split the run")
+    return seconds
+
+
+def pick_device(requested: str | None, console) -> str:
+    import torch
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("--device cuda: no CUDA device is visible on this machine")
+    if requested:
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    console.print("[yellow]notice:[/] no CUDA device: running on the CPU (small shapes; Triton interpreted)")
+    return "cpu"
+
+
+def _prepare_cpu_env(device: str):
+    # Triton kernels can only run interpreted on the CPU; it must be set before they are imported.
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _registry(plugins, console, quiet=False):
+    from impls.registry import default_registry
+    reg = default_registry(plugins)
+    if not quiet:
+        for source, msg in reg.errors.items():
+            console.print(f"[red]backend error:[/] {msg}")
+    for target in plugins:
+        if f"--plugin {target}" in reg.errors:
+            raise HarnessError(reg.errors[f"--plugin {target}"])
+    return reg
+
+
+# ------------------------------------------------------------------ backends
+def cmd_backends(args, console) -> int:
+    from rich.table import Table
+    from fuzz.check import backend_can_run
+    _prepare_cpu_env("cpu" if not _cuda() else "cuda")
+    reg = _registry(args.plugin, console, quiet=True)
+    t = Table(title="registered backends")
+    for col in ("backend", "source", "status", "devices", "x dtypes", "n", "D", "max T", "deterministic", "GEMM"):
+        t.add_column(col)
+    for name, b in reg.backends.items():
+        c = b.capabilities
+        from impls.registry import unavailable_reason
+        why = unavailable_reason(b)
+        status = "[green]available[/]" if not why else f"[yellow]unavailable, {why}[/]"
+        d = f"multiple of {c.d_multiple}" if c.d_multiple > 1 else "any"
+        if c.d_max:
+            d += f", <= {c.d_max}"
+        t.add_row(name, reg.sources[name], status, ",".join(c.devices), ",".join(c.x_dtypes),
+                  "any" if c.n_values is None else ",".join(map(str, c.n_values)), d,
+                  str(c.max_tokens or "any"), "yes" if c.deterministic else "no", c.gemm_precision)
+    console.print(t)
+    for source, msg in reg.errors.items():
+        console.print(f"[red]error:[/] {msg}")
+    if args.json:
+        doc = {"backends": [{"name": n, "source": reg.sources[n], "unavailable": unavailable_reason(b),
+                             "capabilities": b.capabilities.describe()} for n, b in reg.backends.items()],
+               "errors": reg.errors}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    return EXIT_OK
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------ run
+def cmd_run(args, console) -> int:
+    from fuzz import engine, summary
+    from fuzz.check import backend_can_run
+    from fuzz.executor import InProcessExecutor, SubprocessExecutor
+    from fuzz.profiles import ProfileError, get_profile
+    from fuzz import tolerances as tolmod
+
+    budget = parse_budget(args.budget)
+    try:
+        profile = get_profile(args.profile)
+    except ProfileError as exc:
+        raise HarnessError(str(exc)) from None
+    tolmod.load(args.tolerances)          # fail early, with the file's own message
+    device = pick_device(args.device, console)
+    _prepare_cpu_env(device)
+    if args.workers not in (None, "1", 1):
+        from fuzz.shards import run_sharded
+        return run_sharded(args, budget, device, console)
+    reg = _registry(args.plugin, console)
+    names = _select(reg, args.backend)
+    out_dir = _writable_dir(args.out, "--out")
+    reports_dir = _writable_dir(args.reports, "--reports")
+    try:
+        db = engine.open_database(args.db)
+    except ValueError as exc:
+        raise HarnessError(str(exc)) from None
+
+    meta = {"device": device, "budget_s": budget, "profile": profile.name, "seed": args.seed,
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "argv": sys.argv[1:]}
+    if device == "cuda":
+        import torch
+        meta["gpu"] = torch.cuda.get_device_name()
+    all_stats = []
+    runnable = []
+    for name in names:
+        why = backend_can_run(reg.get(name), device)
+        if why:
+            st = engine.BackendStats(name, device, skipped=why)
+            all_stats.append(st)
+            console.print(f"[yellow]skip[/] {name}: {why}")
+        else:
+            runnable.append(name)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                        TimeRemainingColumn(), console=console, transient=False)
+    t_start = time.monotonic()
+    interrupted = False
+    with progress:
+        for i, name in enumerate(runnable):
+            share = (budget - (time.monotonic() - t_start)) / (len(runnable) - i)
+            task = progress.add_task(f"{name:>10}", total=share, info="starting")
+            b0 = time.monotonic()
+
+            def on_result(stats, res, task=task, b0=b0):
+                worst = max(stats.worst.values(), default=0.0)
+                progress.update(task, completed=min(share, time.monotonic() - b0),
+                                info=f"{stats.cases} cases, {len(stats.findings)} findings, worst {worst:.3g}")
+
+            def on_finding(stats, f, new):
+                if new:
+                    progress.console.print(f"[red]FAIL[/] {stats.name}: {f.result.kind} "
+                                           f"{','.join(f.result.failing_components())} after {f.detected_after_s:.1f} s "
+                                           f"({f.result.params.short()})")
+
+            if args.no_isolate:
+                executor = InProcessExecutor(reg, device, args.tolerances)
+            else:
+                executor = SubprocessExecutor(args.plugin, device, args.tolerances, args.case_timeout)
+            opts = engine.FuzzOptions(device=device, chunk_examples=profile.chunk_examples,
+                                      limits=profile.limits(device), seed=args.seed, database=db,
+                                      reports_dir=reports_dir, plugins=tuple(args.plugin),
+                                      check_determinism=profile.check_determinism,
+                                      stop_on_first_failure=args.stop_on_first_failure,
+                                      on_result=on_result, on_finding=on_finding)
+            try:
+                stats = engine.fuzz_backend(name, reg.get(name).capabilities, executor, share, opts)
+            except KeyboardInterrupt:
+                interrupted = True
+                stats = engine.BackendStats(name, device, skipped="interrupted")
+            finally:
+                executor.close()
+            progress.update(task, completed=share)
+            all_stats.append(stats)
+            if interrupted:
+                break
+    console.print(summary.table(all_stats))
+    meta["interrupted"] = interrupted
+    doc = summary.summary_dict(all_stats, meta)
+    summary.write_json(Path(args.json) if args.json else out_dir / "summary.json", doc)
+    summary.write_junit(Path(args.junit) if args.junit else out_dir / "junit.xml", all_stats)
+    page = summary.write_page(out_dir, all_stats, meta)
+    console.print(f"summary: {page}  reports: {reports_dir}")
+    if interrupted:
+        return 130
+    return EXIT_FOUND if doc["failed"] else EXIT_OK
+
+
+def _select(reg, spec: str) -> list:
+    if spec == "all":
+        return reg.names()
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        if n not in reg.backends:
+            raise HarnessError(f"--backend {n}: no such backend (registered: {', '.join(reg.names()) or 'none'})")
+    return names
+
+
+def _writable_dir(path: str, flag: str) -> Path:
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise HarnessError(f"{flag} {path}: not writable: {exc.strerror or exc}") from None
+    return p
+
+
+# ------------------------------------------------------------------ replay
+def cmd_replay(args, console) -> int:
+    from fuzz.reports import ReportError, load_report
+    from fuzz.cases import CaseParams
+    from fuzz.check import backend_can_run, run_case
+    from fuzz import tolerances as tolmod
+    if args.sanitize:
+        return _replay_sanitized(args, console)
+    worst = EXIT_OK
+    for path in args.reports:
+        try:
+            rep = load_report(path)
+        except ReportError as exc:
+            raise HarnessError(str(exc)) from None
+        device = args.device or rep["device"]
+        if device == "cuda" and not _cuda():
+            raise HarnessError(f"{path}: the report ran on cuda and no CUDA device is visible (use --device cpu)")
+        _prepare_cpu_env(device)
+        reg = _registry(list(rep.get("plugins") or []) + list(args.plugin), console)
+        name = args.backend or rep["backend"]
+        if name not in reg.backends:
+            raise HarnessError(f"{path}: backend {name!r} is not registered here (plugins: {rep.get('plugins')})")
+        b = reg.get(name)
+        why = backend_can_run(b, device)
+        if why:
+            raise HarnessError(f"{path}: backend {name} cannot run on {device}: {why}")
+        params = CaseParams.from_dict(rep["params"])
+        if args.isolate:
+            from fuzz.executor import SubprocessExecutor
+            ex = SubprocessExecutor(list(rep.get("plugins") or []) + list(args.plugin), device, args.tolerances,
+                                    args.case_timeout)
+            res = ex.run(name, params)
+            ex.close()
+        else:
+            res = run_case(b, params, device, tolmod.load(args.tolerances))
+        _print_result(console, path, res)
+        if res.failed:
+            worst = EXIT_FOUND
+    return worst
+
+
+def _print_result(console, path, res):
+    from rich.table import Table
+    t = Table(title=f"{path}: {res.backend} on {res.device}: {res.params.short()}")
+    for col in ("component", "verdict", "max |err|", "bound at worst", "worst err/bound", "at index", "NaN/Inf mism."):
+        t.add_column(col)
+    for v in res.verdicts:
+        t.add_row(v.component, "[green]pass[/]" if v.passed else "[red]FAIL[/]", f"{v.max_abs_err:.3g}",
+                  f"{v.bound_at_worst:.3g}", f"{v.worst_ratio:.3g}", str(list(v.worst_index)),
+                  str(v.nonfinite_mismatches) if not v.problem else v.problem)
+    console.print(t)
+    tag = {"pass": "[green]PASS[/]", "refused": "[green]REFUSED (as declared)[/]"}.get(res.status, f"[red]FAIL ({res.kind})[/]")
+    console.print(f"{tag} {res.message}")
+
+
+def _replay_sanitized(args, console) -> int:
+    tool = shutil.which("compute-sanitizer")
+    if not tool:
+        raise HarnessError("--sanitize: compute-sanitizer is not on PATH (it ships with the CUDA toolkit)")
+    cmd = [tool, "--tool", "memcheck", "--error-exitcode", "3", sys.executable, "-m", "fuzz.cli", "replay",
+           *args.reports, "--device", args.device or "cuda"]
+    for p in args.plugin:
+        cmd += ["--plugin", p]
+    if args.backend:
+        cmd += ["--backend", args.backend]
+    console.print("running: " + " ".join(cmd))
+    rc = subprocess.call(cmd)
+    if rc == 3:
+        console.print("[red]compute-sanitizer reported memory errors[/]")
+        return EXIT_FOUND
+    return rc
+
+
+# ------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mhc-fuzz", description="Differential fuzzing of mHC pre backward kernels.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for harness errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--plugin", action="append", default=[], metavar="MODULE:ATTR",
+                        help="load an extra backend (repeatable)")
+        sp.add_argument("--tolerances", default=None, help="tolerances file (default: the project's tolerances.yaml)")
+
+    b = sub.add_parser("backends", help="list registered backends and their capabilities")
+    common(b)
+    b.add_argument("--json", help="also write the list as JSON")
+
+    r = sub.add_parser("run", help="fuzz backends within a time budget")
+    common(r)
+    r.add_argument("--backend", default="all", help="NAME, NAME,NAME or all (default)")
+    r.add_argument("--budget", default="2m", help="total time, e.g. 90s, 10m, 1h (default 2m)")
+    r.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when present, else cpu")
+    r.add_argument("--profile", default="dev", help="dev, ci, nightly, or a YAML file")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--reports", default="reports", help="where failure reports go (default reports/)")
+    r.add_argument("--out", default="fuzz-out", help="summary.json, junit.xml, summary.md, plots")
+    r.add_argument("--junit", help="JUnit XML path (default OUT/junit.xml)")
+    r.add_argument("--json", help="summary JSON path (default OUT/summary.json)")
+    r.add_argument("--db", default=".hypothesis/mhc-fuzz",
+                   help="Hypothesis example database: a directory, redis://host:port/N, or none")
+    r.add_argument("--case-timeout", type=float, default=300.0, help="seconds before a case counts as hung")
+    r.add_argument("--no-isolate", action="store_true", help="run backends in this process (no crash containment)")
+    r.add_argument("--stop-on-first-failure", action="store_true")
+    r.add_argument("--workers", default=None, help="N or auto: one worker per GPU (default 1)")
+
+    rp = sub.add_parser("replay", help="rerun report(s); exit 1 while any still fails")
+    common(rp)
+    rp.add_argument("reports", nargs="+")
+    rp.add_argument("--backend", help="replay against another backend than the report's")
+    rp.add_argument("--device", choices=("cuda", "cpu"))
+    rp.add_argument("--isolate", action="store_true", help="run in a worker process (survives crashes)")
+    rp.add_argument("--case-timeout", type=float, default=300.0)
+    rp.add_argument("--sanitize", action="store_true", help="rerun under compute-sanitizer memcheck")
+
+    from fuzz import extra_commands
+    extra_commands.add_parsers(sub, common)
+    return p
+
+
+COMMANDS = {"backends": cmd_backends, "run": cmd_run, "replay": cmd_replay}
+
+
+def main(argv=None) -> int:
+    from rich.console import Console
+    console = Console(stderr=False, highlight=False)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from fuzz import extra_commands
+    handler = COMMANDS.get(args.command) or extra_commands.COMMANDS[args.command]
+    try:
+        return handler(args, console)
+    except HarnessError as exc:
+        if args.debug:
+            raise
+        print(f"mhc-fuzz: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:   # harness-side errors with a message of their own
+        from fuzz.tolerances import ToleranceFileError
+        from fuzz.reports import ReportError
+        if isinstance(exc, (ToleranceFileError, ReportError, OSError)) and not args.debug:
+            print(f"mhc-fuzz: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Where a backend runs: in this process, or in a worker process that may die.
+
+A backend under test can segfault, lose its CUDA context (illegal address, device
+assert) or hang. SubprocessExecutor runs each case in a long-lived worker process; a
+worker that dies or overruns the per-case timeout is replaced, and the case is returned
+as a CRASH or TIMEOUT failure, so the run goes on."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+from fuzz import tolerances as tolmod
+from fuzz.cases import CaseParams
+from fuzz.check import CRASH, TIMEOUT, CaseResult, run_case
+from impls.registry import default_registry
+
+STARTUP_TIMEOUT_S = 300.0
+
+
+class InProcessExecutor:
+    """Runs cases in this process: fastest, for trusted backends and tests."""
+
+    def __init__(self, registry, device: str, tolerances_path=None):
+        self.registry, self.device = registry, device
+        self.tolerances = tolmod.load(tolerances_path)
+
+    def run(self, backend_name: str, params: CaseParams, **options) -> CaseResult:
+        return run_case(self.registry.get(backend_name), params, self.device, self.tolerances, **options)
+
+    def close(self):
+        pass
+
+
+def _worker_main(conn, plugins, device, tolerances_path, env):
+    os.environ.update(env)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
+    registry = default_registry(plugins)
+    tolerances = tolmod.load(tolerances_path)
+    conn.send(("ready", None))
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        name, params, options = msg
+        result = run_case(registry.get(name), CaseParams.from_dict(params), device, tolerances, **options)
+        conn.send(("result", result.to_dict()))
+
+
+def _describe_exit(code) -> str:
+    if code is None:
+        return "worker did not exit"
+    if code < 0:
+        try:
+            return f"worker killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"worker killed by signal {-code}"
+    return f"worker exited with code {code}"
+
+
+class SubprocessExecutor:
+    """Runs cases in a worker process; survives crashes and hangs of the backend."""
+
+    def __init__(self, plugins=(), device: str = "cpu", tolerances_path=None,
+                 case_timeout_s: float = 300.0, env: dict | None = None):
+        self.plugins, self.device = tuple(plugins), device
+        self.tolerances_path = str(tolerances_path) if tolerances_path else None
+        self.case_timeout_s = case_timeout_s
+        self.env = dict(env or {})
+        self.restarts = 0
+        self._proc = self._conn = None
+
+    def _start(self):
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_worker_main, daemon=True,
+                                 args=(child, self.plugins, self.device, self.tolerances_path, self.env))
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(STARTUP_TIMEOUT_S):
+            self._kill()
+            raise RuntimeError(f"fuzz worker did not start within {STARTUP_TIMEOUT_S:.0f} s")
+        try:
+            self._conn.recv()
+        except EOFError:
+            code = self._proc.exitcode
+            self._kill()
+            raise RuntimeError(f"fuzz worker failed to start ({_describe_exit(code)})") from None
+
+    def _kill(self):
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.kill()
+        if self._proc is not None:
+            self._proc.join(10)
+        self._proc = self._conn = None
+
+    def run(self, backend_name: str, params: CaseParams, **options) -> CaseResult:
+        if self._proc is None or not self._proc.is_alive():
+            if self._proc is not None:
+                self.restarts += 1
+            self._start()
+        t0 = time.perf_counter()
+        try:
+            self._conn.send((backend_name, params.to_dict(), options))
+            if self._conn.poll(self.case_timeout_s):
+                _, payload = self._conn.recv()
+                return CaseResult.from_dict(payload)
+            kind, why = TIMEOUT, f"no result within the per-case timeout of {self.case_timeout_s:g} s"
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self._proc.join(10)
+            kind, why = CRASH, _describe_exit(self._proc.exitcode)
+        self._kill()
+        self.restarts += 1
+        return CaseResult(backend_name, params, self.device, "fail", kind, [], why, time.perf_counter() - t0)
+
+    def close(self):
+        if self._conn is not None:
+            try:
+                self._conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        if self._proc is not None:
+            self._proc.join(5)
+        self._kill()

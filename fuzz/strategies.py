@@ -1,0 +1,113 @@
+"""Hypothesis strategies for fuzz cases, composed from small pieces.
+
+Every piece shrinks towards the simple case: small shapes, bf16, unit scales, no
+special values, contiguous memory. `cases(caps, limits)` only draws inputs inside a
+backend's declared capabilities; `unsupported_cases(caps)` draws inputs just outside
+them, which the backend must refuse."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import strategies as st
+
+from fuzz.cases import LAYOUTS, CaseParams
+from impls.registry import Capabilities
+
+# D values real kernels get wrong: around block sizes, odd, and the production sizes.
+_BLOCKS = (16, 32, 64, 128, 256, 512, 1024)
+INTERESTING_D = sorted({1, 3, 7, 33, 100} | {b + d for b in _BLOCKS for d in (-1, 1)} | set(_BLOCKS)
+                       | {2560, 4096, 5120, 7168})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits of a profile: how big a case may get (memory and time on this device)."""
+    max_elements: int = 1 << 16      # T*n*D
+    max_tokens: int = 4096
+    max_D: int = 8192
+
+
+def n_values(caps: Capabilities):
+    allowed = caps.n_values or tuple(range(1, 9))
+    # prefer 4, the production value, then small ones (shrinks to the first listed)
+    ordered = sorted(allowed, key=lambda v: (v != 4, v))
+    return st.sampled_from(ordered)
+
+
+def d_values(caps: Capabilities, limits: Limits):
+    m = caps.d_multiple
+    top = min(limits.max_D, caps.d_max or limits.max_D)
+    interesting = [d for d in INTERESTING_D if d % m == 0 and d <= top]
+    small = st.integers(1, max(1, min(top, 64) // m)).map(lambda k: k * m)
+    anywhere = st.integers(1, max(1, top // m)).map(lambda k: k * m)
+    parts = [small, anywhere] + ([st.sampled_from(interesting)] if interesting else [])
+    return st.one_of(*parts)
+
+
+def token_counts(limits: Limits, max_tokens_cap: int | None):
+    top = min(limits.max_tokens, max_tokens_cap or limits.max_tokens)
+    return st.one_of(st.integers(1, min(top, 8)), st.integers(1, top),
+                     st.sampled_from([t for t in (1, 127, 128, 129, 255, 256, 1024, 4096, 65536) if t <= top]))
+
+
+@st.composite
+def shapes(draw, caps: Capabilities, limits: Limits):
+    """(B, S, n, D) inside the capabilities and the size limits."""
+    n = draw(n_values(caps))
+    D = draw(d_values(caps, limits))
+    T = draw(token_counts(limits, caps.max_tokens))
+    T = max(1, min(T, limits.max_elements // (n * D)))
+    B = draw(st.sampled_from([1, 2, 3]).filter(lambda b: b <= T))
+    return B, max(1, T // B), n, D
+
+
+def log_scales(lo=-4.0, hi=4.0):
+    """log10 of a tensor's magnitude, shrinking to 0 (unit scale)."""
+    return st.one_of(st.just(0.0), st.integers(int(lo * 2), int(hi * 2)).map(lambda k: k / 2))
+
+
+alphas = st.tuples(*[st.one_of(st.just(1.0), st.sampled_from([0.5, -1.0, 2.0, -0.01, 4.0, 0.0]))] * 3)
+bias_shifts = st.one_of(st.just(0.0), st.sampled_from([4.0, -4.0, 12.0, -12.0, 30.0, -30.0]))
+
+
+@st.composite
+def cases(draw, caps: Capabilities, limits: Limits = Limits(), seeds=st.integers(0, 2**31 - 1)):
+    B, S, n, D = draw(shapes(caps, limits))
+    x_dtype = draw(st.sampled_from(sorted(caps.x_dtypes, key=lambda d: d != "bf16")))
+    T = B * S
+    x_scale = draw(log_scales())
+    outlier_factor = 64.0
+    if x_dtype == "fp16":   # keep x*outliers finite in fp16 (65504): x_scale + log10(64) < 4.8
+        x_scale = min(x_scale, 3.0)
+    return CaseParams(
+        B=B, S=S, n=n, D=D, x_dtype=x_dtype, seed=draw(seeds),
+        x_scale=x_scale, phi_scale=draw(st.one_of(st.just(0.0), st.sampled_from([-2.0, -1.0, 1.0, 2.0]))),
+        grad_scale=draw(log_scales()), gamma_scale=draw(st.one_of(st.just(0.0), st.sampled_from([-4.0, -2.0, 1.0]))),
+        use_gamma=draw(st.booleans().map(lambda b: not b)), alpha=draw(alphas), bias_shift=draw(bias_shifts),
+        zero_tokens=draw(st.one_of(st.just(0), st.integers(1, max(1, T // 2)))),
+        outliers=draw(st.one_of(st.just(0), st.integers(1, 4))), outlier_factor=outlier_factor,
+        layout=draw(st.sampled_from(LAYOUTS)),
+    )
+
+
+def unsupported_cases(caps: Capabilities, device: str, seeds=st.integers(0, 2**31 - 1)):
+    """Small cases just outside one declared limit (None if the backend declares none)."""
+    options = []
+    base = dict(B=1, S=2, n=(caps.n_values or (4,))[0], D=caps.d_multiple * 2, x_dtype=caps.x_dtypes[0])
+    if caps.n_values is not None:
+        outside = [v for v in range(1, 9) if v not in caps.n_values]
+        if outside:
+            options.append(st.sampled_from(outside).map(lambda v: dict(base, n=v)))
+    if caps.d_multiple > 1:
+        options.append(st.integers(1, caps.d_multiple - 1).map(lambda r: dict(base, D=caps.d_multiple + r)))
+    if caps.d_max is not None:
+        options.append(st.just(dict(base, D=caps.d_max + caps.d_multiple, n=min(base["n"], 2) if
+                                    caps.n_values is None else base["n"])))
+    other_dtypes = [d for d in ("bf16", "fp16", "fp32") if d not in caps.x_dtypes]
+    if other_dtypes:
+        options.append(st.sampled_from(other_dtypes).map(lambda d: dict(base, x_dtype=d)))
+    if caps.max_tokens is not None and caps.max_tokens < 1 << 20:
+        options.append(st.just(dict(base, S=caps.max_tokens + 1, D=caps.d_multiple)))
+    if not options:
+        return None
+    return st.builds(lambda d, seed: CaseParams(**d, seed=seed), st.one_of(*options), seeds)

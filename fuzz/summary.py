@@ -1,0 +1,116 @@
+"""Run results for people (a table, a Markdown page with plots) and machines (JSON, JUnit XML)."""
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from rich.table import Table
+
+from fuzz.engine import COMPONENTS
+
+
+def _fmt_ratio(r):
+    if r is None:
+        return "-"
+    return "inf" if not math.isfinite(r) or r >= 1e29 else f"{r:.3g}"
+
+
+def table(all_stats) -> Table:
+    t = Table(title="mhc-fuzz summary", show_lines=False)
+    for col in ("backend", "device", "cases", "passed", "failed", "refused", "cases/s", "worst ratio", "findings"):
+        t.add_column(col, justify="right" if col not in ("backend", "device", "worst ratio", "findings") else "left")
+    for s in all_stats:
+        if s.skipped:
+            t.add_row(s.name, s.device, "-", "-", "-", "-", "-", f"skipped: {s.skipped}", "")
+            continue
+        worst = ", ".join(f"{k} {_fmt_ratio(s.worst[k])}" for k in COMPONENTS if k in s.worst)
+        finds = "; ".join(f"{f.result.kind}:{','.join(f.result.failing_components()) or '-'}"
+                          for f in s.findings.values())
+        t.add_row(s.name, s.device, str(s.cases), str(s.passed), str(s.failed), str(s.refused),
+                  f"{s.cases_per_second():.2f}", worst or "-", finds or "none")
+    return t
+
+
+def summary_dict(all_stats, meta: dict) -> dict:
+    return {**meta, "failed": any(s.findings for s in all_stats), "backends": [s.to_dict() for s in all_stats]}
+
+
+def write_json(path: Path, doc: dict):
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def write_junit(path: Path, all_stats):
+    """One test suite per backend; one test case per distinct finding, or one passing case."""
+    suites = ET.Element("testsuites", name="mhc-fuzz")
+    for s in all_stats:
+        suite = ET.SubElement(suites, "testsuite", name=f"mhc-fuzz.{s.name}", tests="0", failures="0",
+                              skipped="0", time=f"{s.seconds:.2f}")
+        if s.skipped:
+            case = ET.SubElement(suite, "testcase", classname=f"mhc-fuzz.{s.name}", name="fuzz")
+            ET.SubElement(case, "skipped", message=s.skipped)
+            suite.set("tests", "1"), suite.set("skipped", "1")
+            continue
+        if not s.findings:
+            ET.SubElement(suite, "testcase", classname=f"mhc-fuzz.{s.name}", name="fuzz", time=f"{s.seconds:.2f}")
+            suite.set("tests", "1")
+            continue
+        for sig, f in s.findings.items():
+            case = ET.SubElement(suite, "testcase", classname=f"mhc-fuzz.{s.name}", name=sig)
+            fail = ET.SubElement(case, "failure", type=f.result.kind, message=f.result.message[:300])
+            fail.text = f"case: {f.result.params.short()}\nreport: {f.path}\n{f.result.message}"
+        suite.set("tests", str(len(s.findings))), suite.set("failures", str(len(s.findings)))
+    ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
+    """summary.md with the table and, where matplotlib is installed, a plot of error/bound ratios."""
+    lines = [f"# mhc-fuzz run", "", f"- device: {meta.get('device')}  ", f"- budget: {meta.get('budget_s')} s, "
+             f"profile {meta.get('profile')}, seed {meta.get('seed')}  ", f"- started: {meta.get('started')}", "",
+             "| backend | cases | passed | failed | refused | cases/s | findings |", "|---|---|---|---|---|---|---|"]
+    for s in all_stats:
+        lines.append(f"| {s.name} | {s.cases} | {s.passed} | {s.failed} | {s.refused} | "
+                     f"{s.cases_per_second():.2f} | {s.skipped or len(s.findings)} |")
+    lines += ["", "## Worst error/bound ratio per component (1.0 = at the bound)", "",
+              "| backend | " + " | ".join(COMPONENTS) + " |", "|---" * (len(COMPONENTS) + 1) + "|"]
+    for s in all_stats:
+        lines.append(f"| {s.name} | " + " | ".join(_fmt_ratio(s.worst.get(c)) for c in COMPONENTS) + " |")
+    for s in all_stats:
+        for sig, f in s.findings.items():
+            lines += ["", f"### {s.name}: {f.result.kind} ({', '.join(f.result.failing_components()) or '-'})",
+                      f"- case: `{f.result.params.short()}`", f"- found after {f.detected_after_s:.1f} s",
+                      f"- {f.result.message[:400]}", f"- replay: `mhc-fuzz replay {f.path}`"]
+    plot = _plot(out_dir, all_stats)
+    if plot:
+        lines += ["", "## Distribution of error/bound ratios", "", f"![ratios]({plot.name})"]
+    page = out_dir / "summary.md"
+    page.write_text("\n".join(lines) + "\n")
+    return page
+
+
+def _plot(out_dir: Path, all_stats):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ran = [s for s in all_stats if s.ratios]
+    if not ran:
+        return None
+    fig, axes = plt.subplots(len(ran), 1, figsize=(11, 3.2 * len(ran)), squeeze=False)
+    for ax, s in zip(axes[:, 0], ran):
+        comps = [c for c in COMPONENTS if s.ratios.get(c)]
+        data = [[max(r, 1e-12) for r in s.ratios[c]] for c in comps]
+        ax.boxplot(data, tick_labels=comps, whis=(0, 100))
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="red", lw=1, ls="--", label="bound")
+        ax.set_title(f"{s.name}: error / bound per case ({s.cases} cases)")
+        ax.set_ylabel("ratio")
+        ax.legend(loc="upper right")
+    fig.tight_layout()
+    path = out_dir / "ratios.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

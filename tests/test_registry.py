@@ -1,0 +1,131 @@
+"""The registry: built-ins, entry points, --plugin targets, and broken ones reported by name."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from impls.registry import (BackendContractError, Capabilities, Registry, UnsupportedInputError,
+                            check_inputs, default_registry, resolve_target)
+from conftest import ROOT
+
+
+def test_builtins_include_golden():
+    reg = default_registry(entry_points=False)
+    assert "golden" in reg.backends
+    assert reg.get("golden").capabilities.has_forward
+
+
+def test_unknown_backend_name_lists_known():
+    with pytest.raises(KeyError, match="registered: .*golden"):
+        default_registry(entry_points=False).get("nope")
+
+
+@pytest.mark.parametrize("caps, match", [
+    (dict(devices=("tpu",)), "devices"),
+    (dict(x_dtypes=("int8",)), "x_dtypes"),
+    (dict(n_values=(0,)), "n_values"),
+    (dict(d_multiple=0), "d_multiple"),
+    (dict(gemm_precision="fp8"), "gemm_precision"),
+])
+def test_invalid_capabilities_are_refused(caps, match):
+    with pytest.raises(BackendContractError, match=match):
+        Capabilities(**caps)
+
+
+def test_capability_refusal_reasons():
+    c = Capabilities(devices=("cuda",), n_values=(4,), d_multiple=16, d_max=128, max_tokens=10)
+    assert c.refusal(device="cpu", x_dtype="bf16", n=4, D=16, T=1).startswith("device")
+    assert "n=3" in c.refusal(device="cuda", x_dtype="bf16", n=3, D=16, T=1)
+    assert "multiple of 16" in c.refusal(device="cuda", x_dtype="bf16", n=4, D=17, T=1)
+    assert "D=144 > 128" in c.refusal(device="cuda", x_dtype="bf16", n=4, D=144, T=1)
+    assert "T=11" in c.refusal(device="cuda", x_dtype="bf16", n=4, D=16, T=11)
+    assert c.refusal(device="cuda", x_dtype="bf16", n=4, D=32, T=10) is None
+
+
+def test_check_inputs_raises_unsupported():
+    import torch
+    c = Capabilities(n_values=(4,))
+    with pytest.raises(UnsupportedInputError, match="mine: unsupported input: n=2"):
+        check_inputs(c, "mine", torch.zeros(1, 1, 2, 8))
+
+
+class _NoCaps:
+    name = "nocaps"
+
+    def backward(self, *a):
+        return a
+
+
+def test_contract_violations_name_the_source(monkeypatch):
+    mod = type(sys)("fake_backends_mod")
+    mod.nocaps = _NoCaps()
+    mod.factory_raises = lambda: 1 / 0
+    monkeypatch.setitem(sys.modules, "fake_backends_mod", mod)
+    with pytest.raises(BackendContractError, match="capabilities"):
+        resolve_target("fake_backends_mod:nocaps", "--plugin fake_backends_mod:nocaps")
+    with pytest.raises(BackendContractError, match="factory .* raised ZeroDivisionError"):
+        resolve_target("fake_backends_mod:factory_raises", "x")
+    with pytest.raises(BackendContractError, match="module:attr"):
+        resolve_target("no_colon", "x")
+    reg = Registry().load_builtins().load_plugin("fake_backends_mod:nocaps").load_plugin("no_such_mod_xyz:b")
+    assert "golden" in reg.backends
+    assert "capabilities" in reg.errors["--plugin fake_backends_mod:nocaps"]
+    assert "cannot import 'no_such_mod_xyz'" in reg.errors["--plugin no_such_mod_xyz:b"]
+
+
+def test_duplicate_name_is_an_error():
+    from impls.golden_backend import GoldenBackend
+    reg = Registry().load_builtins()
+    reg.load_plugin("impls.golden_backend:GoldenBackend")   # a factory returning another 'golden'
+    assert "already registered" in reg.errors["--plugin impls.golden_backend:GoldenBackend"]
+
+
+def _fake_distribution(tmp_path, entries: dict, module_code: str):
+    """An installed distribution on sys.path with entry points in group mhc_fuzz.backends."""
+    dist = tmp_path / "fake_mhc_plugins-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-mhc-plugins\nVersion: 0.1\n")
+    lines = "\n".join(f"{k} = {v}" for k, v in entries.items())
+    (dist / "entry_points.txt").write_text(f"[mhc_fuzz.backends]\n{lines}\n")
+    (tmp_path / "fake_mhc_plugins.py").write_text(textwrap.dedent(module_code))
+    return tmp_path
+
+
+PLUGIN_CODE = '''
+from impls.golden_backend import GoldenBackend
+class Good(GoldenBackend):
+    name = "ep_good"
+good = Good()
+def broken_factory():
+    raise RuntimeError("driver not found")
+'''
+
+
+def test_entry_points_load_and_broken_ones_do_not_stop_others(tmp_path, monkeypatch):
+    site = _fake_distribution(tmp_path, {"good": "fake_mhc_plugins:good", "bad": "fake_mhc_plugins:broken_factory",
+                                         "missing": "no_such_module_qq:thing"}, PLUGIN_CODE)
+    monkeypatch.syspath_prepend(str(site))
+    reg = default_registry()
+    assert "ep_good" in reg.backends and "golden" in reg.backends
+    errs = " ".join(reg.errors.values())
+    assert "entry point bad" in errs and "driver not found" in errs
+    assert "entry point missing" in errs and "no_such_module_qq" in errs
+
+
+def test_cli_backends_lists_and_reports_broken_entry_point(tmp_path):
+    site = _fake_distribution(tmp_path, {"good": "fake_mhc_plugins:good", "bad": "fake_mhc_plugins:broken_factory"},
+                              PLUGIN_CODE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]), COLUMNS="200")
+    out_json = tmp_path / "b.json"
+    proc = subprocess.run([sys.executable, "-m", "fuzz.cli", "backends", "--json", str(out_json)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "golden" in proc.stdout and "ep_good" in proc.stdout
+    assert "entry point bad" in proc.stdout and "driver not found" in proc.stdout
+    doc = json.loads(out_json.read_text())
+    names = {b["name"] for b in doc["backends"]}
+    assert {"golden", "ep_good"} <= names
+    assert any("driver not found" in m for m in doc["errors"].values())
