@@ -13,6 +13,7 @@ import torch
 from fuzz import compare as cmp
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams, Inputs, make_inputs
+from fuzz.guards import damaged, guarded
 from fuzz.precision import TORCH_DTYPE, UNIT_ROUNDOFF
 from fuzz.truth import BACKWARD, FORWARD, magnitudes, truth
 from impls.registry import unavailable_reason
@@ -127,6 +128,10 @@ def run_case(backend, params: CaseParams, device: str = "cpu", tolerances=None,
     res = CaseResult(backend.name, params, device, "pass")
     refusal = caps.refusal(device=device, x_dtype=params.x_dtype, n=params.n, D=params.D, T=params.T)
     inp = make_inputs(params, device)
+    guards = {}
+    for k, t in inp.tensors().items():      # every input inside guard regions (see fuzz/guards.py)
+        view, guards[k] = guarded(t)
+        setattr(inp, k, view)
     before = _clone(inp)
     try:
         outputs = backend.backward(*inp.backward_args())
@@ -150,6 +155,17 @@ def run_case(backend, params: CaseParams, device: str = "cpu", tolerances=None,
         return res
 
     mutated = _mutated(inp, before)
+    overwritten = [f"{k} ({side})" for k, buf in guards.items() if (side := damaged(buf))]
+    if overwritten:
+        res.status, res.kind = "fail", OUT_OF_BOUNDS
+        res.message = f"wrote outside its buffers: guard regions changed around {', '.join(overwritten)}"
+        res.seconds = time.perf_counter() - t0
+        return res
+    if mutated:      # judged first: the truth below must see the inputs the backend was given
+        res.status, res.kind = "fail", INPUT_MUTATED
+        res.message = f"modified its input(s): {', '.join(mutated)}"
+        res.seconds = time.perf_counter() - t0
+        return res
     ref, mags = truth(inp), magnitudes(inp)
     verdicts, kind = _judge(outputs, params, device, "backward", ref, mags, tols, caps)
     if check_forward and caps.has_forward and not kind:
@@ -170,9 +186,6 @@ def run_case(backend, params: CaseParams, device: str = "cpu", tolerances=None,
             f" (out {v.out_at_worst:.6g}, truth {v.truth_at_worst:.6g}, bound {v.bound_at_worst:.3g}"
             f"{', %d NaN/Inf mismatches' % v.nonfinite_mismatches if v.nonfinite_mismatches else ''})"
             for v in bad[:3])
-    elif mutated:
-        res.status, res.kind = "fail", INPUT_MUTATED
-        res.message = f"modified its input(s): {', '.join(mutated)}"
     elif (caps.deterministic if check_determinism is None else check_determinism):
         again = backend.backward(*_fresh(inp, before))
         diff = [n for n, a, b in zip(BACKWARD, outputs, again) if not torch.equal(a, b)]

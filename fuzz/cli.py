@@ -340,12 +340,24 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--case-timeout", type=float, default=300.0)
     rp.add_argument("--sanitize", action="store_true", help="rerun under compute-sanitizer memcheck")
 
-    from fuzz import extra_commands
-    extra_commands.add_parsers(sub, common)
+    from fuzz import mutants, onboard
+    mutants.add_parser(sub, common)
+    onboard.add_parser(sub, common)
     return p
 
 
-COMMANDS = {"backends": cmd_backends, "run": cmd_run, "replay": cmd_replay}
+def cmd_mutants(args, console) -> int:
+    from fuzz import mutants
+    return mutants.run(args, console)
+
+
+def cmd_onboard(args, console) -> int:
+    from fuzz import onboard
+    return onboard.run(args, console)
+
+
+COMMANDS = {"backends": cmd_backends, "run": cmd_run, "replay": cmd_replay, "mutants": cmd_mutants,
+            "onboard": cmd_onboard}
 
 
 def main(argv=None) -> int:
@@ -353,8 +365,7 @@ def main(argv=None) -> int:
     console = Console(stderr=False, highlight=False)
     parser = build_parser()
     args = parser.parse_args(argv)
-    from fuzz import extra_commands
-    handler = COMMANDS.get(args.command) or extra_commands.COMMANDS[args.command]
+    handler = COMMANDS[args.command]
     try:
         return handler(args, console)
     except HarnessError as exc:

@@ -106,7 +106,7 @@ class FuzzOptions:
     reports_dir: Path | None = None
     plugins: tuple = ()
     check_determinism: bool = True
-    stop_on_first_failure: bool = False
+    stop_on_first_failure: bool = False   # stop after the chunk (and shrinking) that found one
     on_result: object = None           # callback(stats, result) for progress display
     on_finding: object = None          # callback(stats, finding, is_new)
 
@@ -140,7 +140,7 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
             opts.on_finding(stats, finding, old is None)
 
     def prop(params: CaseParams):
-        if time.monotonic() > deadline or (opts.stop_on_first_failure and stats.findings):
+        if time.monotonic() > deadline:
             return   # out of budget: passing quickly lets Hypothesis wind down
         res = executor.run(name, params, check_determinism=None if opts.check_determinism else False)
         stats.record(res)

@@ -37,11 +37,10 @@ def mhc_forward(x, phi, alpha, bias, gamma=None, norm_eps=NORM_EPS, hc_eps=HC_EP
     return h_in, h_post, h_res, inv_rms, h_mix, h_pre
 
 
-def mhc_pre_backward_manual(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
-                            dh_in, dh_post, dh_res, gamma=None, hc_eps=HC_EPS):
-    """Manual backward: the eleven steps of SPEC.md, one statement each.
-
-    Returns (dx, dphi, dalpha, dbias, dgamma); dx in x's dtype, the rest fp32."""
+def backward_terms(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
+                   dh_in, dh_post, dh_res, gamma=None, hc_eps=HC_EPS) -> dict:
+    """The eleven steps of SPEC.md, one statement each; returns every named intermediate
+    (so that a variant, e.g. a planted bug, can recombine them)."""
     B, S, n, D = x.shape
     cd = _compute_dtype(x)
     f32 = lambda t: t.to(cd)  # noqa: E731  (saved tensors are fp32; keep float64 truth exact)
@@ -49,9 +48,9 @@ def mhc_pre_backward_manual(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
     vec_x = xf.reshape(B, S, n * D)
     gamma_flat = torch.ones(n * D, dtype=cd, device=x.device) if gamma is None else f32(gamma).reshape(n * D)
     inv_rms, h_mix, h_pre, h_post = f32(inv_rms), f32(h_mix), f32(h_pre), f32(h_post)
-    dh_post, dh_res, a = f32(dh_post), f32(dh_res), f32(alpha)
+    dh_in, dh_post, dh_res, a = f32(dh_in), f32(dh_post), f32(dh_res), f32(alpha)
 
-    dh_pre = (f32(dh_in)[:, :, None, :] * xf).sum(-1)                               # 1
+    dh_pre = (dh_in[:, :, None, :] * xf).sum(-1)                                     # 1
     s_pre = h_pre - hc_eps
     dh_pre2 = dh_pre * s_pre * (1 - s_pre)                                           # 2
     s_post = h_post / 2
@@ -68,7 +67,15 @@ def mhc_pre_backward_manual(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
     dbias = torch.cat([dh_pre2.sum((0, 1)), dh_post2.sum((0, 1)), dh_res_flat.sum((0, 1))])  # 7
     dinv_rms = (g * h_mix).sum(-1)                                                   # 8
     dvec_inv = -(dinv_rms * inv_rms.pow(3) / (n * D))[..., None] * vec_x
-    dvec_hin = (h_pre[..., None] * f32(dh_in)[:, :, None, :]).reshape(B, S, n * D)   # 9
+    dvec_hin = (h_pre[..., None] * dh_in[:, :, None, :]).reshape(B, S, n * D)        # 9
     dx = (dvec_mm * gamma_flat + dvec_inv + dvec_hin).reshape(B, S, n, D).to(x.dtype)  # 10
     dgamma = (vec_x * dvec_mm).sum((0, 1)).reshape(n, D)                            # 11
-    return dx, dphi, dalpha, dbias, dgamma
+    return locals()
+
+
+def mhc_pre_backward_manual(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
+                            dh_in, dh_post, dh_res, gamma=None, hc_eps=HC_EPS):
+    """Manual backward of SPEC.md. Returns (dx, dphi, dalpha, dbias, dgamma);
+    dx in x's dtype, the rest fp32 (float64 when x is float64)."""
+    r = backward_terms(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma, hc_eps)
+    return r["dx"], r["dphi"], r["dalpha"], r["dbias"], r["dgamma"]
