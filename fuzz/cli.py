@@ -58,6 +58,7 @@ def _prepare_cpu_env(device: str):
 
 def _registry(plugins, console, quiet=False):
     from impls.registry import default_registry
+    plugins = list(dict.fromkeys(plugins))     # the same target twice is one plugin
     reg = default_registry(plugins)
     if not quiet:
         for source, msg in reg.errors.items():

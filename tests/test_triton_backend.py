@@ -65,6 +65,18 @@ def test_matches_float64_truth(params):
     assert res.worst_ratio() < 1.0
 
 
+@pytest.mark.parametrize("overrides", [dict(min_tokens3=32), dict(min_tokens3=32, bs4=4, prefetch2=False)],
+                         ids=["19-splits", "no-prefetch"])
+def test_many_token_splits(monkeypatch, overrides):
+    """More dphi token splits than kernel (4) loads at once (BLOCK_S), masked last chunk."""
+    monkeypatch.setattr(tm, "BWD_OVERRIDES", dict(overrides))
+    p = CaseParams(1, 600, 2, 8, "fp32", seed=9)
+    inp = make_inputs(p, DEVICE)
+    assert tm._BackwardPlan(*inp.backward_args()).nsplit == 19
+    res = run_case(tm.backend, p, DEVICE)
+    assert res.status == "pass", res.message
+
+
 def test_direct_float64_reference():
     """Independent of fuzz/: the golden forward and manual backward on float64 copies.
     fp32 outputs must agree normwise to a few fp32 ulps of the sums' length (here <= 600 terms:
@@ -153,11 +165,11 @@ COMPILE_SCRIPT = textwrap.dedent("""
     n, F, FP = 4, 24, 32
     kernels = [
         (tm._bwd_token_kernel, dict(N=n, F=F, W=F + 3, NP=4, NNP=16, BLOCK_T=4, BLOCK_D=256, HC_EPS=1e-6), 8),
-        (tm._bwd_dx_kernel, dict(N=n, F=F, FP=FP, BLOCK_T=64, BLOCK_D=32, HAS_GAMMA=True, DOT_PREC="tf32x3",
-                                 MM_FMA=False), 4),
+        (tm._bwd_dx_kernel, dict(N=n, F=F, FP=FP, BLOCK_T=64, BLOCK_D=32, DOT_PREC="tf32x3", PREFETCH=True), 4),
         (tm._bwd_dphi_kernel, dict(N=n, F=F, FP=FP, BLOCK_T=64, BLOCK_D=128, SPLIT_BF16=True, INTERP=False,
                                    DOT_PREC="tf32x3"), 4),
-        (tm._bwd_dgamma_kernel, dict(F=F, FP=FP, W=F + 3, WP=32, BLOCK_K=128, BLOCK_R=128, HAS_GAMMA=True), 4),
+        (tm._bwd_dgamma_kernel, dict(F=F, FP=FP, W=F + 3, WP=32, BLOCK_K=32, BLOCK_S=8, BLOCK_R=128,
+                                     HAS_GAMMA=True), 4),
         (tm._fwd_mix_kernel, dict(N=n, F=F, FP=FP, BLOCK_T=64, BLOCK_D=64, HAS_GAMMA=True, DOT_PREC="tf32x3"), 4),
         (tm._fwd_token_kernel, dict(N=n, F=F, FP=FP, BLOCK_T=64, NORM_EPS=1e-6, HC_EPS=1e-6), 4),
         (tm._fwd_hin_kernel, dict(N=n, BLOCK_T=16, BLOCK_D=256), 4),

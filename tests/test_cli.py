@@ -1,0 +1,117 @@
+"""The command line end to end: run, summaries, replay, exit codes, bad input, kills."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import ROOT
+from fuzz.reports import iter_reports, load_report
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
+
+
+def cli(*args, timeout=600, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "fuzz.cli", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=timeout, cwd=cwd)
+
+
+def test_run_golden_on_cpu_writes_summaries(tmp_path):
+    out = tmp_path / "out"
+    r = cli("run", "--backend", "golden", "--budget", "12s", "--profile", "ci", "--out", out,
+            "--reports", tmp_path / "reports", "--db", tmp_path / "db")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "no CUDA device: running on the CPU" in r.stdout or "cuda" in r.stdout
+    doc = json.loads((out / "summary.json").read_text())
+    (golden,) = doc["backends"]
+    assert golden["cases"] > 10 and golden["failed"] == 0 and not doc["failed"]
+    assert set(golden["worst_ratio"]) >= {"dx", "dphi", "dalpha", "dbias", "dgamma"}
+    suite = ET.parse(out / "junit.xml").getroot()
+    assert suite.find("testsuite").get("failures") == "0"
+    assert "| golden |" in (out / "summary.md").read_text()
+
+
+def test_run_finds_mutant_then_replay_fails_until_fixed(tmp_path):
+    reports = tmp_path / "reports"
+    r = cli("run", "--backend", "stream0_only", "--plugin", "tests.mutants:stream0_only", "--budget", "20s",
+            "--profile", "ci", "--out", tmp_path / "out", "--reports", reports, "--db", "none",
+            "--stop-on-first-failure")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAIL stream0_only" in r.stdout
+    (path,) = iter_reports(reports)
+    rep = load_report(path)
+    assert rep["failing_components"] == ["dx"]
+    junit = ET.parse(tmp_path / "out" / "junit.xml").getroot()
+    assert junit.find("testsuite").get("failures") == "1"
+    # the one-line replay command in the report works and still fails
+    replay = rep["replay"].split()[2:]
+    r2 = cli("replay", *replay)
+    assert r2.returncode == 1 and "FAIL" in r2.stdout and "dx" in r2.stdout
+    # "fixed": the same case against the correct implementation passes
+    r3 = cli("replay", path, "--backend", "golden")
+    assert r3.returncode == 0, r3.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--budget", "ten minutes"], "--budget 'ten minutes'"),
+    (["run", "--budget", "0s"], "must be more than zero"),
+    (["run", "--backend", "nope", "--budget", "1s"], "--backend nope: no such backend"),
+    (["run", "--plugin", "no_such_module_zz:x", "--budget", "1s"], "cannot import 'no_such_module_zz'"),
+    (["run", "--plugin", "nocolon", "--budget", "1s"], "must look like 'module:attr'"),
+    (["run", "--profile", "weekly", "--budget", "1s"], "profile 'weekly'"),
+    (["replay", "/nonexistent/r.json"], "cannot read"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    r = cli(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_tolerances_file_and_unwritable_reports(tmp_path):
+    bad = tmp_path / "tol.yaml"
+    bad.write_text("version: 1\nlambda: -3\n")
+    r = cli("run", "--budget", "1s", "--tolerances", bad)
+    assert r.returncode == 2 and f"{bad}: lambda" in r.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = cli("run", "--budget", "1s", "--backend", "golden", "--reports", blocker / "sub")
+    assert r.returncode == 2 and "--reports" in r.stderr and "not writable" in r.stderr
+
+
+def test_malformed_report_replay_is_exit_2(tmp_path):
+    f = tmp_path / "r.json"
+    f.write_text('{"schema": 1, "id": "x"')
+    r = cli("replay", f)
+    assert r.returncode == 2 and str(f) in r.stderr and "not valid JSON" in r.stderr
+
+
+def test_debug_shows_traceback():
+    r = cli("--debug", "run", "--budget", "nonsense")
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_killed_run_leaves_only_complete_reports(tmp_path, sig):
+    reports = tmp_path / "reports"
+    proc = subprocess.Popen([sys.executable, "-m", "fuzz.cli", "run", "--backend", "d_tail_dropped,dbias_res_twice",
+                             "--plugin", "tests.mutants:d_tail_dropped", "--plugin", "tests.mutants:dbias_res_twice",
+                             "--budget", "120s", "--profile", "ci", "--out", tmp_path / "out", "--reports", reports,
+                             "--db", "none", "--no-isolate"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not iter_reports(reports) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    proc.wait(60)
+    files = iter_reports(reports)
+    assert files, "nothing was found before the kill"
+    for f in files:
+        load_report(f)                  # every file is complete, valid JSON with all keys
+    leftovers = [p for p in reports.rglob("*") if p.is_file() and p.suffix != ".json"]
+    assert not leftovers

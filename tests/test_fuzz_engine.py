@@ -1,0 +1,57 @@
+"""The fuzz loop finds, shrinks and reports bugs, and raises no alarm on golden."""
+import time
+
+import pytest
+
+from fuzz import engine
+from fuzz.executor import InProcessExecutor
+from fuzz.profiles import PROFILES
+from fuzz.reports import iter_reports, load_report
+from impls.registry import default_registry
+import tests.mutants as M
+
+HISTORICAL = ["stream0_only", "dbias_res_twice", "dgamma_no_inv_rms_res"]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return default_registry(M.targets(M.CORRECTNESS), entry_points=False)
+
+
+def _fuzz(registry, name, tmp_path, budget=20.0, stop=True):
+    ex = InProcessExecutor(registry, "cpu")
+    opts = engine.FuzzOptions(device="cpu", chunk_examples=40, limits=PROFILES["ci"].cpu, seed=1,
+                              reports_dir=tmp_path, plugins=tuple(M.targets(M.CORRECTNESS)),
+                              stop_on_first_failure=stop)
+    return engine.fuzz_backend(name, registry.get(name).capabilities, ex, budget, opts)
+
+
+def test_golden_raises_no_alarm(registry, tmp_path):
+    stats = _fuzz(registry, "golden", tmp_path, budget=15.0, stop=False)
+    assert stats.cases >= 20
+    assert not stats.findings, [f.result.message for f in stats.findings.values()]
+    assert max(stats.worst.values()) < 1.0
+    assert stats.refused == 0          # golden declares no limits, so nothing is out of bounds
+    assert not iter_reports(tmp_path)
+
+
+@pytest.mark.parametrize("name", HISTORICAL)
+def test_historical_bug_is_found_shrunk_and_reported(registry, tmp_path, name):
+    t0 = time.monotonic()
+    stats = _fuzz(registry, name, tmp_path)
+    assert stats.findings, f"{name} survived {stats.cases} cases"
+    f = min(stats.findings.values(), key=lambda f: f.result.params.T * f.result.params.D * f.result.params.n)
+    p = f.result.params
+    print(f"{name}: found after {f.detected_after_s:.2f} s ({stats.cases} cases, {time.monotonic() - t0:.1f} s "
+          f"with shrinking); minimized to {p.short()}")
+    assert p.T * p.n * p.D <= 16, p.short()          # shrunk to a tiny case
+    rep = load_report(f.path)
+    assert rep["backend"] == name and rep["kind"] == "tolerance" and rep["failing_components"]
+    assert "tests.mutants:" in " ".join(rep["plugins"]) and rep["replay"].startswith("mhc-fuzz replay ")
+
+
+def test_findings_are_deduplicated_by_signature(registry, tmp_path):
+    stats = _fuzz(registry, "d_tail_dropped", tmp_path, budget=15.0, stop=False)
+    files = iter_reports(tmp_path)
+    sigs = [load_report(f)["signature"] for f in files]
+    assert len(sigs) == len(set(sigs)) == len(stats.findings) >= 1

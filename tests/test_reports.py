@@ -1,0 +1,81 @@
+"""Reports: dedupe by signature keeps the smallest case; writes are atomic under concurrency."""
+import json
+import multiprocessing as mp
+
+import pytest
+
+from fuzz.cases import CaseParams
+from fuzz.check import CaseResult
+from fuzz.compare import Verdict
+from fuzz.reports import ReportError, build_report, iter_reports, load_report, write_report
+
+
+def _result(D, backend="bk", comps=("dx",)):
+    v = [Verdict(c, False, 1.0, 0.1, 10.0, (0,), 0) for c in comps]
+    return CaseResult(backend, CaseParams(1, 2, 4, D, seed=D), "cpu", "fail", "tolerance", v, "bad")
+
+
+def test_smallest_case_wins(tmp_path):
+    env = {"test": True}
+    p1, w1 = write_report(build_report(_result(64), env=env), tmp_path)
+    p2, w2 = write_report(build_report(_result(8), env=env), tmp_path)
+    p3, w3 = write_report(build_report(_result(32), env=env), tmp_path)
+    assert p1 == p2 == p3 and (w1, w2, w3) == (True, True, False)
+    rep = load_report(p1)
+    assert rep["params"]["D"] == 8
+    assert rep["replay"] == f"mhc-fuzz replay {p1}"
+
+
+def test_different_signatures_get_different_files(tmp_path):
+    env = {}
+    a, _ = write_report(build_report(_result(8, comps=("dx",)), env=env), tmp_path)
+    b, _ = write_report(build_report(_result(8, comps=("dx", "dphi")), env=env), tmp_path)
+    c, _ = write_report(build_report(_result(8, backend="other"), env=env), tmp_path)
+    assert len({a, b, c}) == 3
+    assert len(iter_reports(tmp_path)) == 3
+
+
+def test_expected_failure_marker_survives_a_smaller_case(tmp_path):
+    p, _ = write_report(build_report(_result(64), env={}), tmp_path)
+    doc = json.loads(p.read_text())
+    doc["expected_failure"] = {"reason": "bug 12, fix pending"}
+    p.write_text(json.dumps(doc))
+    write_report(build_report(_result(4), env={}), tmp_path)
+    doc = load_report(p)
+    assert doc["params"]["D"] == 4 and doc["expected_failure"]["reason"] == "bug 12, fix pending"
+
+
+def _writer(args):
+    folder, D = args
+    write_report(build_report(_result(D), env={}), folder)
+
+
+def test_concurrent_writers_keep_one_complete_smallest_report(tmp_path):
+    sizes = list(range(200, 0, -3))
+    with mp.get_context("spawn").Pool(8) as pool:
+        pool.map(_writer, [(str(tmp_path), D) for D in sizes])
+    files = list((tmp_path / "bk").iterdir())
+    assert len(files) == 1, files                      # no temp files left behind
+    assert load_report(files[0])["params"]["D"] == min(sizes)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("{not json", "not valid JSON"),
+    ("[]", "JSON object"),
+    ('{"schema": 1}', "missing key"),
+])
+def test_malformed_reports_name_file_and_problem(tmp_path, text, problem):
+    f = tmp_path / "r.json"
+    f.write_text(text)
+    with pytest.raises(ReportError) as err:
+        load_report(f)
+    assert str(f) in str(err.value) and problem in str(err.value)
+
+
+def test_report_with_bad_params(tmp_path):
+    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
+    doc = json.loads(p.read_text())
+    doc["params"]["n"] = -1
+    p.write_text(json.dumps(doc))
+    with pytest.raises(ReportError, match="params: case parameter n"):
+        load_report(p)
