@@ -330,6 +330,19 @@ class AcceptsUnsupported(Mutant):
         return tuple(backward_terms(*args)[k] for k in ("dx", "dphi", "dalpha", "dbias", "dgamma"))
 
 
+class RareBug(Mutant):
+    name = "rare_bug"
+    description = "dx wrong only when T >= 5 and D >= 9: not on the simplest cases (not in ALL)"
+
+    def bug(self, r, a):
+        B, S, n, D = a["x"].shape
+        if B * S >= 5 and D >= 9:
+            r["dx"] = r["dx"] * 1.5
+        return r
+
+
+rare_bug = RareBug()
+
 CORRECTNESS = [Stream0Only, DbiasResTwice, DgammaNoInvRmsRes, DTailUnmasked, LastTokenBlockSkipped,
                BatchDropped, AssumesContiguous, NHardcoded, LowPrecisionTokenSum, NormEpsMismatch,
                LowPrecisionSumSq, WrongSign, RacyDoubleCount]

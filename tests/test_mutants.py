@@ -1,0 +1,26 @@
+"""The harness's power: every planted bug is killed, each misbehaviour gets its own kind."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+import tests.mutants as M
+
+
+def test_every_mutant_is_killed_with_its_expected_kind(tmp_path):
+    out = tmp_path / "kill.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-m", "fuzz.cli", "mutants", "--device", "cpu", "--budget", "20s",
+                        "--reports", tmp_path / "reports", "--json", out],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    print(r.stdout[-6000:])
+    rows = json.loads(out.read_text())["mutants"]
+    assert {row["mutant"] for row in rows} == {cls.name for cls in M.ALL}
+    survived = [row["mutant"] for row in rows if not row["killed"]]
+    assert not survived and r.returncode == 0, survived
+    wrong_kind = [(row["mutant"], row["kinds"], row["expected_kind"]) for row in rows
+                  if not row["expected_kind_found"]]
+    assert not wrong_kind
+    slow = [(row["mutant"], row["seconds_to_first_failure"]) for row in rows if row["seconds_to_first_failure"] > 15]
+    assert not slow, slow

@@ -1,0 +1,103 @@
+"""Several workers: summaries add up, no report is lost or written twice; a shared example
+database lets a second run replay the first run's failure first."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+from fuzz.reports import iter_reports, load_report
+from fuzz.shards import merge
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
+
+
+def test_merge_adds_counts_and_dedupes_findings():
+    def summary(cases, worst, sigs):
+        return {"backends": [{"backend": "b", "cases": cases, "passed": cases - len(sigs), "failed": len(sigs),
+                              "refused": 0, "seconds": 10.0, "worst_ratio": {"dx": worst},
+                              "findings": [{"signature": s} for s in sigs]}]}
+    m = merge([summary(10, 0.5, ["x"]), summary(30, 2.0, ["x", "y"])], 2, "cuda", 10)
+    (b,) = m["backends"]
+    assert b["cases"] == 40 and b["failed"] == 3 and b["worst_ratio"]["dx"] == 2.0
+    assert sorted(f["signature"] for f in b["findings"]) == ["x", "y"]
+    assert b["cases_per_second"] == 4.0 and m["failed"]
+
+
+def test_two_cpu_workers_share_reports_without_duplicates(tmp_path):
+    reports = tmp_path / "reports"
+    r = subprocess.run([sys.executable, "-m", "fuzz.cli", "run", "--workers", "2", "--device", "cpu",
+                        "--backend", "golden,d_tail_dropped", "--plugin", "tests.mutants:d_tail_dropped",
+                        "--budget", "20s", "--profile", "ci", "--reports", reports, "--out", tmp_path / "out",
+                        "--db", "none"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    doc = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert doc["workers"] == 2 and len(doc["per_worker"]) == 2
+    golden = next(b for b in doc["backends"] if b["backend"] == "golden")
+    assert golden["cases"] == sum(next(x for x in w["backends"] if x["backend"] == "golden")["cases"]
+                                  for w in doc["per_worker"])
+    assert not golden["findings"]
+    files = iter_reports(reports)
+    sigs = [load_report(f)["signature"] for f in files]
+    assert files and len(sigs) == len(set(sigs))     # one file per signature across both workers
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    exe = shutil.which("redis-server")
+    if not exe:
+        pytest.skip("redis-server is not installed (CI installs Debian's redis-server)")
+    pytest.importorskip("redis")
+    port = _free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+def _fuzz_run(tmp_path, tag, db, seed):
+    out = tmp_path / tag
+    r = subprocess.run([sys.executable, "-m", "fuzz.cli", "run", "--device", "cpu", "--backend", "rare_bug",
+                        "--plugin", "tests.mutants:rare_bug", "--budget", "90s", "--profile", "ci",
+                        "--seed", str(seed), "--db", db, "--reports", tmp_path / f"rep-{tag}", "--out", out,
+                        "--stop-on-first-failure", "--no-isolate"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (b,) = json.loads((out / "summary.json").read_text())["backends"]
+    return b
+
+
+def test_shared_redis_database_replays_failure_first(tmp_path, redis_url):
+    """Two runs in separate processes with different seeds share one Redis example database:
+    the first has to search for the bug, the second replays the saved failure as its first case."""
+    first = _fuzz_run(tmp_path, "first", redis_url, seed=1)
+    assert first["findings"] and first["first_failure_case"] > 1
+    import redis
+    assert redis.Redis.from_url(redis_url).dbsize() > 0
+    second = _fuzz_run(tmp_path, "second", redis_url, seed=2)
+    assert second["findings"] and second["first_failure_case"] == 1
+
+
+def test_without_shared_database_the_search_starts_over(tmp_path):
+    first = _fuzz_run(tmp_path, "a", "none", seed=1)
+    assert first["first_failure_case"] > 1
