@@ -70,7 +70,9 @@ def backward_terms(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
     dvec_hin = (h_pre[..., None] * dh_in[:, :, None, :]).reshape(B, S, n * D)        # 9
     dx = (dvec_mm * gamma_flat + dvec_inv + dvec_hin).reshape(B, S, n, D).to(x.dtype)  # 10
     dgamma = (vec_x * dvec_mm).sum((0, 1)).reshape(n, D)                            # 11
-    return locals()
+    return dict(vec_x=vec_x, gamma_flat=gamma_flat, xg=xg, h_mix=h_mix, dh_pre=dh_pre, dh_pre2=dh_pre2,
+                dh_post2=dh_post2, g=g, dh_mix=dh_mix, dvec_mm=dvec_mm, dvec_inv=dvec_inv, dvec_hin=dvec_hin,
+                dinv_rms=dinv_rms, dx=dx, dphi=dphi, dalpha=dalpha, dbias=dbias, dgamma=dgamma)
 
 
 def mhc_pre_backward_manual(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,

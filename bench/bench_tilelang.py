@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Timing of the TileLang backward, kernel by kernel, next to the Triton backend.
+
+    python3 bench/bench_tilelang.py [--tokens 128,4096,32768] [--dims 7168,2560] [--variants]
+
+bench/bench_backward.py is the project's benchmark (every backend, torch.compile baseline);
+this one is lighter (no torch.compile, so it fits a short device call) and adds what only
+the TileLang backend has: its three kernels against their own bytes, the K2 pipeline
+variants (--variants), and compile statistics. Bandwidth: a 2 GiB device copy in this run.
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import impls.tilelang_mhc as tlm  # noqa: E402
+from impls.golden import mhc_forward, mix_width  # noqa: E402
+from impls.registry import default_registry, unavailable_reason  # noqa: E402
+
+
+def bench_ms(fn, warmup=10, rep=50):
+    from triton.testing import do_bench
+    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def bandwidth(nbytes=2 << 30):
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src))
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def bwd_bytes(T, n, D, xb):
+    """Bytes the backward must move (same formula as bench_backward.py)."""
+    F, K = mix_width(n), n * D
+    return (T * K * xb * 2 + T * D * xb + F * K * 4 * 2 + K * 4 * 2 + F * 4 + 12
+            + T * (1 + F + n + n + n + n * n) * 4)
+
+
+def kernel_bytes(T, n, D, xb, S):
+    g = tlm._geometry(n, D)
+    F, K = g["F"], g["K"]
+    small = T * (1 + F + n + n + n + n * n) * 4
+    out1 = T * (g["FP"] + 1 + g["FR"]) * 4
+    return {"K1 token": T * K * xb + T * D * xb + small + out1,
+            "K2 column": 2 * T * K * xb + T * D * xb + out1 + T * n * 4 + F * K * 4 + K * 4 + S * F * K * 4,
+            "K3 reduce": S * F * K * 4 + 2 * F * K * 4 + 2 * K * 4}
+
+
+def make_inputs(T, n, D, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    F, K = mix_width(n), n * D
+    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    x = r(1, T, n, D).to(dtype)
+    phi = r(F, K) / math.sqrt(K)
+    alpha = torch.tensor([0.8, 1.1, 0.9], device="cuda")
+    bias = r(F) * 0.1
+    gamma = 1 + 0.25 * r(n, D)
+    with torch.no_grad():
+        _, h_post, _, inv_rms, h_mix, h_pre = mhc_forward(x, phi, alpha, bias, gamma)
+    dh_in = r(1, T, D).to(dtype)
+    return (x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, r(1, T, n), r(1, T, n, n), gamma)
+
+
+def split_kernels(args, stages=None, ws=None):
+    """The three launches of one backward as separate closures (to time each)."""
+    x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma = args
+    B, S_, n, D = x.shape
+    T, F = B * S_, mix_width(n)
+    g = tlm._geometry(n, D)
+    k1, k2, k3 = tlm.get_kernels(n, D, "bf16" if x.dtype == torch.bfloat16 else
+                                 {torch.float16: "fp16", torch.float32: "fp32"}[x.dtype],
+                                 tlm._device_arch(), stages, ws)
+    f32, dev = torch.float32, x.device
+    xf, dhf = x.reshape(T, n, D), dh_in.reshape(T, D)
+    dmix = torch.empty(T, g["FP"], dtype=f32, device=dev)
+    coef = torch.empty(T, dtype=f32, device=dev)
+    tokred = torch.empty(T, g["FR"], dtype=f32, device=dev)
+    ns = tlm._num_splits(n, D, T, dev)
+    part = torch.empty(ns, F, n * D, dtype=f32, device=dev)
+    tpart = torch.empty(ns, g["FR"], dtype=f32, device=dev)
+    dx = torch.empty_like(xf)
+    dphi, dgamma = torch.empty(F, n * D, dtype=f32, device=dev), torch.empty(n * D, dtype=f32, device=dev)
+    dalpha, dbias = torch.empty(3, dtype=f32, device=dev), torch.empty(F, dtype=f32, device=dev)
+    a1 = (xf, dhf, inv_rms.reshape(T), h_mix.reshape(T, F), h_pre.reshape(T, n), h_post.reshape(T, n),
+          dh_post.reshape(T, n), dh_res.reshape(T, n * n), alpha, dmix, coef, tokred)
+    a2 = (xf, dhf, dmix, coef, h_pre.reshape(T, n), tokred, phi, gamma, dx, part, tpart)
+    a3 = (part, tpart, phi, gamma.reshape(-1), dphi, dgamma, dalpha, dbias)
+    return ns, {"K1 token": lambda: k1(*a1), "K2 column": lambda: k2(*a2), "K3 reduce": lambda: k3(*a3)}, (dx, part)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
+    ap.add_argument("--tokens", type=ints, default=[128, 4096, 32768])
+    ap.add_argument("--dims", type=ints, default=[7168, 2560])
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--variants", action="store_true", help="also time K2 pipeline variants")
+    ap.add_argument("--no-triton", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    dev_name = torch.cuda.get_device_name()
+    bw = bandwidth()
+    print(f"{dev_name}: copy bandwidth {bw / 1e12:.3f} TB/s")
+    reg = default_registry()
+    others = {}
+    if not args.no_triton and "triton" in reg.names() and not unavailable_reason(reg.get("triton")):
+        others["triton"] = reg.get("triton").backward
+    rows = []
+    n, dtype = args.n, torch.bfloat16
+    for D in args.dims:
+        for T in args.tokens:
+            a = make_inputs(T, n, D, dtype)
+            roof = bwd_bytes(T, n, D, 2) / bw * 1e3
+            res = {}
+            for name, fn in [("tilelang", tlm.backend.backward)] + list(others.items()):
+                try:
+                    fn(*a)
+                    res[name] = bench_ms(lambda: fn(*a))
+                except Exception as exc:
+                    print(f"# {name} T={T} D={D}: {type(exc).__name__}: {str(exc)[:300]}")
+            line = f"T={T:6d} n={n} D={D:5d} roof {roof:7.3f} ms |" + "".join(
+                f" {k} {v:7.3f} ms ({v / roof:4.2f}x roof)" for k, v in res.items())
+            if "triton" in res and "tilelang" in res:
+                line += f" | triton/tilelang {res['triton'] / res['tilelang']:.2f}"
+            print(line, flush=True)
+            rows.append(dict(T=T, n=n, D=D, roof_ms=roof, **{f"{k}_ms": v for k, v in res.items()}))
+            variants = [(None, None)] + ([(3, True)] if args.variants and T >= 4096 else [])
+            base = None
+            for stages, ws in variants:
+                try:
+                    ns, ks, outs = split_kernels(a, stages, ws)
+                    for f in ks.values():
+                        f()
+                    torch.cuda.synchronize()
+                    if base is None:
+                        base = [o.clone() for o in outs]
+                    same = all(torch.equal(o, b) for o, b in zip(outs, base))
+                    kb = kernel_bytes(T, n, D, 2, ns)
+                    parts = []
+                    for k, f in ks.items():
+                        if stages is not None and k != "K2 column":
+                            continue
+                        ms = bench_ms(f)
+                        parts.append(f"{k} {ms:7.3f} ms ({ms / (kb[k] / bw * 1e3):4.2f}x own bytes)")
+                    tag = f"K2 stages={stages or tlm.K2_STAGES} ws={tlm.K2_WARP_SPECIALIZED if ws is None else ws}"
+                    print(f"    S={ns} {tag} same-bits={same}: " + ", ".join(parts), flush=True)
+                except Exception as exc:
+                    print(f"    variant {stages} {ws}: {type(exc).__name__}: {str(exc)[:300]}")
+            del a
+            torch.cuda.empty_cache()
+    st = tlm.compile_stats()
+    print(f"compile stats: {st}; total {time.time() - t0:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(device=dev_name, bandwidth=bw, rows=rows, compile=st), indent=1))
+
+
+if __name__ == "__main__":
+    main()

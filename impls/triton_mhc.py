@@ -1,0 +1,621 @@
+"""Triton backend of the mHC "pre" operator (SPEC.md): forward and the four-kernel backward.
+
+Liger-Kernel style: kernels, launchers and the autograd-free glue side by side.
+
+Backward, four kernels (x = [T, n, D] with T = B*S tokens, K = n*D, F = n*n + 2n):
+  (1) _bwd_token_kernel    reads x and dh_in once per token: dh_pre = sum_D dh_in*x, then the
+                           small per-token math -> dh_mix [T, F], coef [T] (the dinv_rms term of dx)
+                           and per-program partial sums of dalpha/dbias (fixed order).
+  (2) _bwd_dx_kernel       dx = dh_mix @ (phi*gamma) + coef * x + h_pre * dh_in, one pass over
+                           x, dh_in and dx (phi*gamma is formed once per call, an [F, K] buffer).
+  (3) _bwd_dphi_kernel     split-token partials P_s = dh_mix[s]^T @ vecX[s] -> [NSPLIT, F, K] fp32.
+  (4) _bwd_dgamma_kernel   fixed-order sum of the partials P = sum_s P_s, then
+                           dphi = P * gamma and dgamma = sum_F phi * P
+                           (= sum_tokens vecX * (dh_mix @ phi): the same sum, reordered), and, in
+                           its last program, the fixed-order sum of kernel (1)'s dalpha/dbias partials.
+No float atomics anywhere, no autotuner, and every reduction has a fixed order chosen from the
+shape alone: dphi, dgamma, dalpha and dbias are bitwise reproducible run to run.
+Extra memory: dh_mix/coef O(T*F), phi*gamma O(F*K), partials <= 64*F*K fp32.
+Bytes: x is read 3 times (kernels 1-3), dh_in twice, dx written once: about 2x the backward's
+memory roofline when each kernel runs at its own bandwidth bound.
+
+Precision of the matrix products (DOT_PRECISION, env MHC_TRITON_DOT, read at import):
+  * dphi with bf16 x: dh_mix is split exactly into three bf16 pieces (hi + mid + lo); with x
+    exact in bf16 every product is exact and the sum runs in fp32, i.e. fp32 accuracy on
+    bf16 tensor cores.
+  * every fp32 x fp32 product (dx's dh_mix @ phi, dphi for fp16/fp32 x, the forward's mix):
+    "tf32x3" (default: three TF32 products, operand error ~2^-21, fp32-level; declared as
+    gemm_precision="fp32" and checked by fuzz/ against fp32 bounds), "ieee" (exact fp32 FMA,
+    slower) or "tf32" (one TF32 product, declared as gemm_precision="tf32").
+  Under TRITON_INTERPRET=1 every tl.dot runs on fp32 operands (bf16 tl.dot is wrong there).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from impls.golden import HC_EPS, NORM_EPS, mix_width
+from impls.registry import Capabilities, UnsupportedInputError, check_inputs
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+DOT_PRECISION = os.environ.get("MHC_TRITON_DOT", "tf32x3")
+if DOT_PRECISION not in ("tf32x3", "ieee", "tf32"):
+    raise ValueError(f"MHC_TRITON_DOT must be tf32x3, ieee or tf32, got {DOT_PRECISION!r}")
+N_MAX = 8  # n in 1..8: F <= 80 keeps the padded mix width (FP) at <= 128
+
+try:
+    import triton
+    import triton.language as tl
+    _IMPORT_ERROR = None
+except Exception as exc:  # the module must import without triton; unavailable_reason says why
+    triton = tl = None
+    _IMPORT_ERROR = f"triton not installed ({type(exc).__name__}: {exc})"
+
+
+def _p2(v: int, lo: int = 1) -> int:
+    """Next power of two >= max(v, lo)."""
+    v = max(int(v), lo)
+    return 1 << (v - 1).bit_length()
+
+
+if triton is not None:
+
+    # ------------------------------------------------------------------ backward (1)
+    @triton.jit
+    def _bwd_token_kernel(x_ptr, dhin_ptr, hmix_ptr, hpre_ptr, hpost_ptr, dhpost_ptr, dhres_ptr,
+                          inv_ptr, alpha_ptr, dmix_ptr, coef_ptr, part_ptr,
+                          T, S, D, sxb, sxs, sxn, sdb, sds,
+                          N: tl.constexpr, F: tl.constexpr, W: tl.constexpr,
+                          NP: tl.constexpr, NNP: tl.constexpr,
+                          BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, HC_EPS: tl.constexpr):
+        pid = tl.program_id(0)
+        nprog = tl.num_programs(0)
+        offs_t = tl.arange(0, BLOCK_T)
+        offs_n = tl.arange(0, NP)
+        offs_nn = tl.arange(0, NNP)
+        offs_d = tl.arange(0, BLOCK_D)
+        nmask = offs_n < N
+        nnmask = offs_nn < N * N
+        a0 = tl.load(alpha_ptr)
+        a1 = tl.load(alpha_ptr + 1)
+        a2 = tl.load(alpha_ptr + 2)
+        # dalpha/dbias partial sums of this program, over its token blocks in a fixed order
+        pa_pre = tl.zeros([NP], tl.float32)
+        pa_post = tl.zeros([NP], tl.float32)
+        pa_res = tl.zeros([NNP], tl.float32)
+        pb_pre = tl.zeros([NP], tl.float32)
+        pb_post = tl.zeros([NP], tl.float32)
+        pb_res = tl.zeros([NNP], tl.float32)
+        n_off = offs_n.to(tl.int64) * sxn
+        num_tb = tl.cdiv(T, BLOCK_T)
+        for tb in range(pid, num_tb, nprog):  # grid-stride: at most 1024 partial rows
+            t = tb * BLOCK_T + offs_t
+            tmask = t < T
+            t64 = t.to(tl.int64)
+            xrow = (t64 // S) * sxb + (t64 % S) * sxs    # any B/S strides; inner stride is 1
+            drow = (t64 // S) * sdb + (t64 % S) * sds
+            # 1. dh_pre = sum_D dh_in * x, one read of x and dh_in, fp32 accumulation
+            acc = tl.zeros([BLOCK_T, NP, BLOCK_D], tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                d = d0 + offs_d
+                dmask = d < D
+                m2 = tmask[:, None] & dmask[None, :]
+                dh = tl.load(dhin_ptr + drow[:, None] + d[None, :], mask=m2, other=0.0).to(tl.float32)
+                m3 = m2[:, None, :] & nmask[None, :, None]
+                xv = tl.load(x_ptr + xrow[:, None, None] + n_off[None, :, None] + d[None, None, :],
+                             mask=m3, other=0.0).to(tl.float32)
+                acc += xv * dh[:, None, :]
+            dh_pre = tl.sum(acc, 2)                                          # [BT, NP]
+            # 2-4. per-token small math (masked rows load zeros and contribute zeros)
+            mn = tmask[:, None] & nmask[None, :]
+            mnn = tmask[:, None] & nnmask[None, :]
+            idx_n = t[:, None] * N + offs_n[None, :]
+            idx_nn = t[:, None] * (N * N) + offs_nn[None, :]
+            row_f = t[:, None] * F
+            inv = tl.load(inv_ptr + t, mask=tmask, other=0.0)
+            s_pre = tl.load(hpre_ptr + idx_n, mask=mn, other=0.0) - HC_EPS
+            dpre2 = dh_pre * s_pre * (1.0 - s_pre)
+            s_post = tl.load(hpost_ptr + idx_n, mask=mn, other=0.0) * 0.5
+            dpost2 = tl.load(dhpost_ptr + idx_n, mask=mn, other=0.0) * 2.0 * s_post * (1.0 - s_post)
+            dres = tl.load(dhres_ptr + idx_nn, mask=mnn, other=0.0)
+            g_pre = a0 * dpre2
+            g_post = a1 * dpost2
+            g_res = a2 * dres
+            tl.store(dmix_ptr + row_f + offs_n[None, :], g_pre * inv[:, None], mask=mn)
+            tl.store(dmix_ptr + row_f + N + offs_n[None, :], g_post * inv[:, None], mask=mn)
+            tl.store(dmix_ptr + row_f + 2 * N + offs_nn[None, :], g_res * inv[:, None], mask=mnn)
+            m_pre = tl.load(hmix_ptr + row_f + offs_n[None, :], mask=mn, other=0.0)
+            m_post = tl.load(hmix_ptr + row_f + N + offs_n[None, :], mask=mn, other=0.0)
+            m_res = tl.load(hmix_ptr + row_f + 2 * N + offs_nn[None, :], mask=mnn, other=0.0)
+            # 8. dinv_rms = sum_F g * h_mix; dx's inv_rms term is coef * x
+            dinv = tl.sum(g_pre * m_pre, 1) + tl.sum(g_post * m_post, 1) + tl.sum(g_res * m_res, 1)
+            coef = -dinv * (inv * inv * inv) / (N * D)
+            tl.store(coef_ptr + t, coef, mask=tmask)
+            # 6-7. dalpha (with t = h_mix * inv_rms) and dbias partials
+            pa_pre += tl.sum(dpre2 * (m_pre * inv[:, None]), 0)
+            pa_post += tl.sum(dpost2 * (m_post * inv[:, None]), 0)
+            pa_res += tl.sum(dres * (m_res * inv[:, None]), 0)
+            pb_pre += tl.sum(dpre2, 0)
+            pb_post += tl.sum(dpost2, 0)
+            pb_res += tl.sum(dres, 0)
+        row = part_ptr + pid * W
+        tl.store(row, tl.sum(pa_pre, 0))
+        tl.store(row + 1, tl.sum(pa_post, 0))
+        tl.store(row + 2, tl.sum(pa_res, 0))
+        tl.store(row + 3 + offs_n, pb_pre, mask=nmask)
+        tl.store(row + 3 + N + offs_n, pb_post, mask=nmask)
+        tl.store(row + 3 + 2 * N + offs_nn, pb_res, mask=nnmask)
+
+    # ------------------------------------------------------------------ backward (2)
+    @triton.jit
+    def _bwd_dx_kernel(x_ptr, dhin_ptr, phig_ptr, dmix_ptr, coef_ptr, hpre_ptr, dx_ptr,
+                       T, S, D, sxb, sxs, sxn, sdb, sds,
+                       N: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
+                       BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                       DOT_PREC: tl.constexpr, PREFETCH: tl.constexpr):
+        """dx = dh_mix @ (phi*gamma) + coef*x + h_pre*dh_in for all n streams of one tile."""
+        pid_d = tl.program_id(0)
+        pid_t = tl.program_id(1)
+        t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        tmask = t < T
+        t64 = t.to(tl.int64)
+        xrow = (t64 // S) * sxb + (t64 % S) * sxs
+        drow = (t64 // S) * sdb + (t64 % S) * sds
+        d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        dmask = d < D
+        f = tl.arange(0, FP)
+        fmask = f < F
+        m2 = tmask[:, None] & dmask[None, :]
+        # per-token data shared by the n streams: read once per program
+        dmix = tl.load(dmix_ptr + t[:, None] * F + f[None, :], mask=tmask[:, None] & fmask[None, :], other=0.0)
+        coef = tl.load(coef_ptr + t, mask=tmask, other=0.0)
+        dh = tl.load(dhin_ptr + drow[:, None] + d[None, :], mask=m2, other=0.0).to(tl.float32)
+        K = N * D
+        xrow_i = xrow                       # int64 offset of stream i (loop vars may be python ints)
+        xv = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2, other=0.0)
+        for i in range(N):
+            col = i * D + d
+            xrow_i += sxn
+            if PREFETCH:  # next stream's x in flight while this one is computed (latency hiding)
+                x_next = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2 & (i + 1 < N), other=0.0)
+            phig = tl.load(phig_ptr + f[:, None] * K + col[None, :], mask=fmask[:, None] & dmask[None, :], other=0.0)
+            hp = tl.load(hpre_ptr + t * N + i, mask=tmask, other=0.0)
+            base = coef[:, None] * xv.to(tl.float32) + hp[:, None] * dh          # 8-9. inv_rms and h_in terms
+            dxv = tl.dot(dmix, phig, acc=base, input_precision=DOT_PREC)          # 5, 10. + dh_mix @ (phi*gamma)
+            tl.store(dx_ptr + t64[:, None] * K + col[None, :], dxv.to(dx_ptr.dtype.element_ty), mask=m2)
+            if PREFETCH:
+                xv = x_next
+            else:
+                xv = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2 & (i + 1 < N), other=0.0)
+
+    # ------------------------------------------------------------------ backward (3)
+    @triton.jit
+    def _bwd_dphi_kernel(x_ptr, dmix_ptr, part_ptr, T, S, D, sxb, sxs, sxn, tokens_per_split,
+                         N: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
+                         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                         SPLIT_BF16: tl.constexpr, INTERP: tl.constexpr, DOT_PREC: tl.constexpr):
+        pid_c = tl.program_id(0)      # (stream i, D block)
+        split = tl.program_id(1)      # token range
+        ndb = tl.cdiv(D, BLOCK_D)
+        i = pid_c // ndb
+        d = (pid_c % ndb) * BLOCK_D + tl.arange(0, BLOCK_D)
+        dmask = d < D
+        f = tl.arange(0, FP)
+        fmask = f < F
+        offs_t = tl.arange(0, BLOCK_T)
+        t_start = split * tokens_per_split
+        t_end = tl.minimum(t_start + tokens_per_split, T)
+        acc = tl.zeros([BLOCK_D, FP], tl.float32)                           # P^T for this block
+        for t0 in range(t_start, t_end, BLOCK_T):
+            t = t0 + offs_t
+            tmask = t < t_end
+            t64 = t.to(tl.int64)
+            xrow = (t64 // S) * sxb + (t64 % S) * sxs
+            xv = tl.load(x_ptr + xrow[:, None] + i.to(tl.int64) * sxn + d[None, :],
+                         mask=tmask[:, None] & dmask[None, :], other=0.0)
+            dm = tl.load(dmix_ptr + t[:, None] * F + f[None, :], mask=tmask[:, None] & fmask[None, :], other=0.0)
+            xt = tl.trans(xv)                                                 # [BD, BT]
+            if SPLIT_BF16:
+                # dh_mix = hi + mid + lo exactly (8+8+8 significand bits); x is exact in bf16,
+                # so each bf16 product is exact and only the fp32 sum rounds.
+                hi = dm.to(tl.bfloat16)
+                r = dm - hi.to(tl.float32)
+                mid = r.to(tl.bfloat16)
+                lo = (r - mid.to(tl.float32)).to(tl.bfloat16)
+                if INTERP:  # bf16 tl.dot is wrong in the interpreter: same pieces, fp32 dots
+                    xt32 = xt.to(tl.float32)
+                    acc = tl.dot(xt32, hi.to(tl.float32), acc)
+                    acc = tl.dot(xt32, mid.to(tl.float32), acc)
+                    acc = tl.dot(xt32, lo.to(tl.float32), acc)
+                else:
+                    acc = tl.dot(xt, hi, acc)
+                    acc = tl.dot(xt, mid, acc)
+                    acc = tl.dot(xt, lo, acc)
+            else:
+                acc = tl.dot(xt.to(tl.float32), dm, acc, input_precision=DOT_PREC)
+        K = N * D
+        ptr = part_ptr + split.to(tl.int64) * (F * K) + f[None, :] * K + (i * D + d)[:, None]
+        tl.store(ptr, acc, mask=dmask[:, None] & fmask[None, :])
+
+    # ------------------------------------------------------------------ backward (4)
+    @triton.jit
+    def _bwd_dgamma_kernel(part_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr,
+                           part1_ptr, dalpha_ptr, dbias_ptr, K, NSPLIT, G1,
+                           F: tl.constexpr, FP: tl.constexpr, W: tl.constexpr, WP: tl.constexpr,
+                           BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
+                           HAS_GAMMA: tl.constexpr):
+        pid = tl.program_id(0)
+        nkb = tl.cdiv(K, BLOCK_K)
+        if pid < nkb:
+            k = pid * BLOCK_K + tl.arange(0, BLOCK_K)
+            kmask = k < K
+            f = tl.arange(0, FP)
+            m = (f < F)[:, None] & kmask[None, :]
+            off = f[:, None] * K + k[None, :]
+            # P = sum over token splits, BLOCK_S splits per load (more bytes in flight), then a
+            # fixed tree over the BLOCK_S lanes: a fixed order, so bitwise reproducible
+            sb = tl.arange(0, BLOCK_S)
+            acc3 = tl.zeros([BLOCK_S, FP, BLOCK_K], tl.float32)
+            for s0 in range(0, NSPLIT, BLOCK_S):
+                s = s0 + sb
+                ptr = part_ptr + (s.to(tl.int64) * F * K)[:, None, None] + off[None, :, :]
+                acc3 += tl.load(ptr, mask=(s < NSPLIT)[:, None, None] & m[None, :, :], other=0.0)
+            acc = tl.sum(acc3, 0)
+            phi = tl.load(phi_ptr + off, mask=m, other=0.0)
+            tl.store(dgamma_ptr + k, tl.sum(phi * acc, 0), mask=kmask)        # 11.
+            if HAS_GAMMA:
+                acc = acc * tl.load(gamma_ptr + k, mask=kmask, other=0.0)[None, :]
+            tl.store(dphi_ptr + off, acc, mask=m)                             # 5. dphi
+        else:
+            # last program: dalpha [3] and dbias [F] from kernel (1)'s G1 partial rows
+            r = tl.arange(0, BLOCK_R)
+            w = tl.arange(0, WP)
+            racc = tl.zeros([BLOCK_R, WP], tl.float32)
+            for r0 in range(0, G1, BLOCK_R):
+                rows = r0 + r
+                racc += tl.load(part1_ptr + rows[:, None] * W + w[None, :],
+                                mask=(rows < G1)[:, None] & (w < W)[None, :], other=0.0)
+            tot = tl.sum(racc, 0)
+            tl.store(dalpha_ptr + w, tot, mask=w < 3)
+            tl.store(dbias_ptr + (w - 3), tot, mask=(w >= 3) & (w < W))
+
+    # ------------------------------------------------------------------ forward
+    @triton.jit
+    def _fwd_mix_kernel(x_ptr, phi_ptr, gamma_ptr, mixp_ptr, sqp_ptr, T, S, D, sxb, sxs, sxn, d_per_split,
+                        N: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
+                        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                        HAS_GAMMA: tl.constexpr, DOT_PREC: tl.constexpr):
+        """Split-K partials of h_mix = (vecX*gamma) @ phi^T and of sum(vecX^2)."""
+        pid_t = tl.program_id(0)
+        split = tl.program_id(1)
+        t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        tmask = t < T
+        t64 = t.to(tl.int64)
+        xrow = (t64 // S) * sxb + (t64 % S) * sxs
+        f = tl.arange(0, FP)
+        fmask = f < F
+        offs_d = tl.arange(0, BLOCK_D)
+        d_start = split * d_per_split
+        d_end = tl.minimum(d_start + d_per_split, D)
+        K = N * D
+        acc = tl.zeros([BLOCK_T, FP], tl.float32)
+        sq = tl.zeros([BLOCK_T], tl.float32)
+        xrow_i = xrow
+        for i in range(N):
+            for d0 in range(d_start, d_end, BLOCK_D):
+                d = d0 + offs_d
+                dmask = d < d_end
+                xv = tl.load(x_ptr + xrow_i[:, None] + d[None, :],
+                             mask=tmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+                sq += tl.sum(xv * xv, 1)
+                if HAS_GAMMA:
+                    xv = xv * tl.load(gamma_ptr + i * D + d, mask=dmask, other=0.0)[None, :]
+                phit = tl.load(phi_ptr + f[None, :] * K + (i * D + d)[:, None],
+                               mask=dmask[:, None] & fmask[None, :], other=0.0)
+                acc = tl.dot(xv, phit, acc, input_precision=DOT_PREC)
+            xrow_i += sxn
+        base = split.to(tl.int64) * T
+        tl.store(mixp_ptr + (base + t64)[:, None] * F + f[None, :], acc, mask=tmask[:, None] & fmask[None, :])
+        tl.store(sqp_ptr + base + t64, sq, mask=tmask)
+
+    @triton.jit
+    def _fwd_token_kernel(mixp_ptr, sqp_ptr, alpha_ptr, bias_ptr, hmix_ptr, inv_ptr, hpre_ptr, hpost_ptr,
+                          hres_ptr, T, D, KSPLIT,
+                          N: tl.constexpr, F: tl.constexpr, FP: tl.constexpr, BLOCK_T: tl.constexpr,
+                          NORM_EPS: tl.constexpr, HC_EPS: tl.constexpr):
+        """Fixed-order sum of the split-K partials, then inv_rms, h_pre, h_post, h_res."""
+        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        tmask = t < T
+        f = tl.arange(0, FP)
+        fmask = f < F
+        m = tmask[:, None] & fmask[None, :]
+        mix = tl.zeros([BLOCK_T, FP], tl.float32)
+        sq = tl.zeros([BLOCK_T], tl.float32)
+        pm = mixp_ptr + t[:, None] * F + f[None, :]
+        ps = sqp_ptr + t
+        for s in range(0, KSPLIT):      # fixed order over the K splits
+            mix += tl.load(pm, mask=m, other=0.0)
+            sq += tl.load(ps, mask=tmask, other=0.0)
+            pm += T * F
+            ps += T
+        inv = tl.rsqrt(sq / (N * D) + NORM_EPS)
+        tl.store(hmix_ptr + t[:, None] * F + f[None, :], mix, mask=m)
+        tl.store(inv_ptr + t, inv, mask=tmask)
+        # column c of the mix: c < N pre, c < 2N post, else res (one select per segment)
+        seg = tl.where(f < N, 0, tl.where(f < 2 * N, 1, 2))
+        a = tl.load(alpha_ptr + seg)
+        b = tl.load(bias_ptr + f, mask=fmask, other=0.0)
+        z = a[None, :] * (mix * inv[:, None]) + b[None, :]
+        pre = tl.sigmoid(z) + HC_EPS
+        post = 2.0 * tl.sigmoid(z)
+        is_pre = (f < N)[None, :]
+        is_post = ((f >= N) & (f < 2 * N))[None, :]
+        is_res = ((f >= 2 * N) & fmask)[None, :]
+        tl.store(hpre_ptr + t[:, None] * N + f[None, :], pre, mask=tmask[:, None] & is_pre)
+        tl.store(hpost_ptr + t[:, None] * N + (f[None, :] - N), post, mask=tmask[:, None] & is_post)
+        tl.store(hres_ptr + t[:, None] * (N * N) + (f[None, :] - 2 * N), z, mask=tmask[:, None] & is_res)
+
+    @triton.jit
+    def _fwd_hin_kernel(x_ptr, hpre_ptr, hin_ptr, T, S, D, sxb, sxs, sxn,
+                        N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+        """h_in = sum_n h_pre * x in fp32, stored in x's dtype."""
+        t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+        tmask = t < T
+        t64 = t.to(tl.int64)
+        xrow = (t64 // S) * sxb + (t64 % S) * sxs
+        d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+        m2 = tmask[:, None] & (d < D)[None, :]
+        acc = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+        xrow_i = xrow
+        for i in range(N):
+            hp = tl.load(hpre_ptr + t * N + i, mask=tmask, other=0.0)
+            xv = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2, other=0.0)
+            acc += hp[:, None] * xv.to(tl.float32)
+            xrow_i += sxn
+        tl.store(hin_ptr + t64[:, None] * D + d[None, :], acc.to(hin_ptr.dtype.element_ty), mask=m2)
+
+
+# ---------------------------------------------------------------------- glue
+def _require(x: torch.Tensor):
+    if triton is None:
+        raise RuntimeError(_IMPORT_ERROR)
+    if x.dim() != 4:
+        raise UnsupportedInputError(f"triton: x must be [B,S,n,D], got shape {tuple(x.shape)}")
+    n = x.shape[2]
+    if not 1 <= n <= N_MAX:
+        raise UnsupportedInputError(f"triton: n={n} outside 1..{N_MAX}")
+
+
+def _inner_contiguous(t: torch.Tensor) -> torch.Tensor:
+    # Kernels take any batch/seq/stream strides (no copy of x or dh_in for slices or
+    # permutations of those axes); only a non-unit stride along D is copied, since its loads
+    # could not be coalesced anyway.
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _small(t: torch.Tensor, *shape) -> torch.Tensor:
+    # O(T*F) or O(F*K) tensors: a contiguous fp32 copy is cheap.
+    return t.reshape(*shape).to(torch.float32).contiguous()
+
+
+def _xy_strides(x: torch.Tensor):
+    """(stride_b, stride_s, stride_n) of x [B,S,n,D] and the same for dh_in [B,S,D]."""
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+# Launch parameters of the backward. Chosen from the shape only (never from the device or an
+# autotuner), so the reduction orders -- and the bits of dphi/dgamma/dalpha/dbias -- are a
+# function of the inputs alone. BWD_OVERRIDES lets bench/ try other values.
+BWD_OVERRIDES: dict = {}
+
+
+def _bwd_config(T: int, n: int, D: int) -> dict:
+    # Defaults: the fastest of the variants timed by bench/bench_backward.py --tune on an H100
+    # (T=32768, n=4, D=7168, bf16); the clamps only shrink tiles for small T or D.
+    FP = _p2(mix_width(n), 16)
+    bt1 = 16 if INTERPRET else 4
+    bt2 = min(128, _p2(T, 16))
+    cfg = dict(
+        # (1) token kernel: <= 1024 programs (grid-stride), so kernel (4) sums <= 1024 rows
+        bt1=bt1, bd1=min(_p2(D), max(64, 1024 // _p2(n, 2))), g1_max=4 if INTERPRET else 1024, warps1=4,
+        # (2) dx: [bt2 tokens, bd2 hidden] tiles, all n streams per program, next x tile prefetched
+        bt2=bt2, bd2=min(32, _p2(D, 16)), warps2=8 if bt2 >= 128 else 4, stages2=1, prefetch2=True,
+        # (3) dphi partials: ~2048 programs, <= 64 token splits, >= 512 tokens per split
+        bt3=min(32, _p2(T, 16)), bd3=min(128, _p2(D, 16)), warps3=8, stages3=4, programs3=2048,
+        min_tokens3=512,
+        # (4) finalize: bs4 token splits per load
+        bk4=max(16, 2048 // FP), bs4=4, warps4=4,
+    )
+    cfg.update(BWD_OVERRIDES)
+    return cfg
+
+
+class _BackwardPlan:
+    """Buffers and launch parameters of one backward call; one method per kernel (the bench
+    times them one by one), run() launches all four in order."""
+
+    def __init__(self, x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma):
+        _require(x)
+        B, S, n, D = x.shape
+        T, F, K = B * S, mix_width(n), n * D
+        dev = x.device
+        self.B, self.S, self.n, self.D, self.T, self.F, self.K = B, S, n, D, T, F, K
+        self.x = _inner_contiguous(x)
+        self.dh_in = _inner_contiguous(dh_in.reshape(B, S, D))
+        self.phi = _small(phi, F, K)
+        self.alpha = _small(alpha, 3)
+        self.has_gamma = gamma is not None
+        self.gamma = _small(gamma, K) if self.has_gamma else self.phi  # dummy pointer when None
+        # gamma folded into phi once (an O(F*K) buffer): dx's product is dh_mix @ (phi*gamma)
+        self.phig = self.phi * self.gamma.view(1, K) if self.has_gamma else self.phi
+        self.inv, self.hmix = _small(inv_rms, T), _small(h_mix, T, F)
+        self.hpre, self.hpost = _small(h_pre, T, n), _small(h_post, T, n)
+        self.dhpost, self.dhres = _small(dh_post, T, n), _small(dh_res, T, n * n)
+        self.NP, self.NNP, self.FP = _p2(n, 2), _p2(n * n, 2), _p2(F, 16)
+        self.W = 3 + F
+        self.WP = _p2(self.W, 16)
+        self.sx = (self.x.stride(0), self.x.stride(1), self.x.stride(2))
+        self.sd = (self.dh_in.stride(0), self.dh_in.stride(1))
+        c = self.cfg = _bwd_config(T, n, D)
+        self.g1 = max(1, min(triton.cdiv(T, c["bt1"]), c["g1_max"]))
+        self.col_blocks = n * triton.cdiv(D, c["bd3"])
+        nsplit = max(1, min(64, triton.cdiv(c["programs3"], self.col_blocks), triton.cdiv(T, c["min_tokens3"])))
+        self.tps = triton.cdiv(triton.cdiv(T, nsplit), c["bt3"]) * c["bt3"]
+        self.nsplit = max(1, triton.cdiv(T, self.tps))
+        f32 = dict(dtype=torch.float32, device=dev)
+        # extra memory: O(T*F) + O(nsplit*F*K) with nsplit <= 64
+        self.dmix = torch.empty((T, F), **f32)
+        self.coef = torch.empty(T, **f32)
+        self.part1 = torch.empty((self.g1, self.W), **f32)
+        self.part3 = torch.empty((self.nsplit, F, K), **f32)
+        self.dx = torch.empty((B, S, n, D), dtype=x.dtype, device=dev)
+        self.dphi = torch.empty((F, K), **f32)
+        self.dgamma = torch.empty((n, D), **f32)
+        self.dalpha = torch.empty(3, **f32)
+        self.dbias = torch.empty(F, **f32)
+
+    def token(self):
+        c = self.cfg
+        _bwd_token_kernel[(self.g1,)](
+            self.x, self.dh_in, self.hmix, self.hpre, self.hpost, self.dhpost, self.dhres, self.inv, self.alpha,
+            self.dmix, self.coef, self.part1, self.T, self.S, self.D, *self.sx, *self.sd,
+            N=self.n, F=self.F, W=self.W, NP=self.NP, NNP=self.NNP, BLOCK_T=c["bt1"], BLOCK_D=c["bd1"],
+            HC_EPS=HC_EPS, num_warps=c["warps1"])
+
+    def dx_(self):
+        c = self.cfg
+        _bwd_dx_kernel[(triton.cdiv(self.D, c["bd2"]), triton.cdiv(self.T, c["bt2"]))](
+            self.x, self.dh_in, self.phig, self.dmix, self.coef, self.hpre, self.dx,
+            self.T, self.S, self.D, *self.sx, *self.sd,
+            N=self.n, F=self.F, FP=self.FP, BLOCK_T=c["bt2"], BLOCK_D=c["bd2"],
+            DOT_PREC=DOT_PRECISION, PREFETCH=c["prefetch2"], num_warps=c["warps2"], num_stages=c["stages2"])
+
+    def dphi_(self):
+        c = self.cfg
+        _bwd_dphi_kernel[(self.col_blocks, self.nsplit)](
+            self.x, self.dmix, self.part3, self.T, self.S, self.D, *self.sx, self.tps,
+            N=self.n, F=self.F, FP=self.FP, BLOCK_T=c["bt3"], BLOCK_D=c["bd3"],
+            SPLIT_BF16=self.x.dtype == torch.bfloat16, INTERP=INTERPRET, DOT_PREC=DOT_PRECISION,
+            num_warps=c["warps3"], num_stages=c["stages3"])
+
+    def dgamma_(self):
+        c = self.cfg
+        bk4 = min(_p2(self.K, 16), c["bk4"])
+        _bwd_dgamma_kernel[(triton.cdiv(self.K, bk4) + 1,)](
+            self.part3, self.phi, self.gamma, self.dphi, self.dgamma, self.part1, self.dalpha, self.dbias,
+            self.K, self.nsplit, self.g1, F=self.F, FP=self.FP, W=self.W, WP=self.WP,
+            BLOCK_K=bk4, BLOCK_S=c["bs4"], BLOCK_R=max(1, 4096 // self.WP), HAS_GAMMA=self.has_gamma,
+            num_warps=c["warps4"])
+
+    def run(self):
+        if self.T == 0:
+            for t in (self.dphi, self.dgamma, self.dalpha, self.dbias):
+                t.zero_()
+        else:
+            self.token()   # (1) dh_mix, coef, dalpha/dbias partials
+            self.dx_()     # (2) dx
+            self.dphi_()   # (3) dphi partials
+            self.dgamma_()  # (4) dphi, dgamma, dalpha, dbias
+        return self.dx, self.dphi, self.dalpha, self.dbias, self.dgamma
+
+
+def mhc_backward_triton(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma=None):
+    """Backward of SPEC.md. Returns (dx, dphi, dalpha, dbias, dgamma); dx in x's dtype, the rest fp32."""
+    return _BackwardPlan(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
+                         dh_in, dh_post, dh_res, gamma).run()
+
+
+FWD_OVERRIDES: dict = {}
+
+
+def _fwd_config(T: int, n: int, D: int) -> dict:
+    cfg = dict(bt=min(128, _p2(T, 16)), bd=min(32, _p2(D, 16)), warps=4, stages=4, programs=264)
+    cfg.update(FWD_OVERRIDES)
+    return cfg
+
+
+def mhc_forward_pre_triton_optimized(x, phi, alpha, bias, gamma=None, outflag=True):
+    """Forward of SPEC.md (norm_eps = hc_eps = 1e-6).
+
+    Returns (h_in, h_post, h_res, inv_rms, h_mix, h_pre); with outflag=False only the
+    operator's outputs (h_in, h_post, h_res), without the tensors saved for the backward."""
+    _require(x)
+    B, S, n, D = x.shape
+    T, F, K = B * S, mix_width(n), n * D
+    dev = x.device
+    x = _inner_contiguous(x)
+    phi_c, alpha_c, bias_c = _small(phi, F, K), _small(alpha, 3), _small(bias, F)
+    has_gamma = gamma is not None
+    gamma_c = _small(gamma, K) if has_gamma else phi_c
+    h_in = torch.empty((B, S, D), dtype=x.dtype, device=dev)
+    h_mix = torch.empty((B, S, F), dtype=torch.float32, device=dev)
+    inv_rms = torch.empty((B, S), dtype=torch.float32, device=dev)
+    h_pre = torch.empty((B, S, n), dtype=torch.float32, device=dev)
+    h_post = torch.empty((B, S, n), dtype=torch.float32, device=dev)
+    h_res = torch.empty((B, S, n, n), dtype=torch.float32, device=dev)
+    if T > 0:
+        sxb, sxs, sxn = _xy_strides(x)
+        FP = _p2(F, 16)
+        c = _fwd_config(T, n, D)
+        bt, bd = c["bt"], c["bd"]
+        # split-K over D when there are few token blocks, so small T still fills the GPU
+        t_blocks = triton.cdiv(T, bt)
+        ksplit = max(1, min(64, triton.cdiv(D, bd), triton.cdiv(c["programs"], t_blocks)))
+        dps = triton.cdiv(triton.cdiv(D, ksplit), bd) * bd
+        ksplit = triton.cdiv(D, dps)
+        mixp = torch.empty((ksplit, T, F), dtype=torch.float32, device=dev)
+        sqp = torch.empty((ksplit, T), dtype=torch.float32, device=dev)
+        _fwd_mix_kernel[(t_blocks, ksplit)](
+            x, phi_c, gamma_c, mixp, sqp, T, S, D, sxb, sxs, sxn, dps,
+            N=n, F=F, FP=FP, BLOCK_T=bt, BLOCK_D=bd, HAS_GAMMA=has_gamma, DOT_PREC=DOT_PRECISION,
+            num_warps=c["warps"], num_stages=c["stages"])
+        btt = min(64, _p2(T, 16))
+        _fwd_token_kernel[(triton.cdiv(T, btt),)](
+            mixp, sqp, alpha_c, bias_c, h_mix, inv_rms, h_pre, h_post, h_res, T, D, ksplit,
+            N=n, F=F, FP=FP, BLOCK_T=btt, NORM_EPS=NORM_EPS, HC_EPS=HC_EPS, num_warps=4)
+        bth, bdh = min(16, _p2(T)), min(256, _p2(D))
+        _fwd_hin_kernel[(triton.cdiv(D, bdh), triton.cdiv(T, bth))](
+            x, h_pre, h_in, T, S, D, sxb, sxs, sxn, N=n, BLOCK_T=bth, BLOCK_D=bdh, num_warps=4)
+    if not outflag:
+        return h_in, h_post, h_res
+    return h_in, h_post, h_res, inv_rms, h_mix, h_pre
+
+
+# ---------------------------------------------------------------------- registry
+class TritonBackend:
+    name = "triton"
+    capabilities = Capabilities(
+        devices=("cuda", "cpu") if INTERPRET else ("cuda",),
+        x_dtypes=("bf16", "fp16", "fp32"),
+        n_values=tuple(range(1, N_MAX + 1)),
+        d_multiple=1,
+        d_max=1 << 16,           # keeps F*n*D and the partial offsets well inside int32/int64 math
+        max_tokens=1 << 20,
+        deterministic=True,      # fixed-order two-stage reductions, no atomics
+        gemm_precision="tf32" if DOT_PRECISION == "tf32" else "fp32",
+        has_forward=True,
+        notes=f"fp32 x fp32 products: {DOT_PRECISION}; dphi for bf16 x: exact 3-piece bf16 split"
+              + ("; TRITON_INTERPRET=1" if INTERPRET else ""),
+    )
+
+    def unavailable_reason(self):
+        if triton is None:
+            return _IMPORT_ERROR
+        if INTERPRET:
+            return None
+        if not torch.cuda.is_available():
+            return "no CUDA device and TRITON_INTERPRET is not set"
+        return None
+
+    def backward(self, x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma):
+        check_inputs(self.capabilities, self.name, x)
+        return mhc_backward_triton(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
+                                   dh_in, dh_post, dh_res, gamma)
+
+    def forward(self, x, phi, alpha, bias, gamma=None):
+        check_inputs(self.capabilities, self.name, x)
+        return mhc_forward_pre_triton_optimized(x, phi, alpha, bias, gamma)
+
+
+backend = TritonBackend()
