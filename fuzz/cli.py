@@ -72,7 +72,7 @@ def _registry(plugins, console, quiet=False):
 # ------------------------------------------------------------------ backends
 def cmd_backends(args, console) -> int:
     from rich.table import Table
-    from fuzz.check import backend_can_run
+    from impls.registry import unavailable_reason
     _prepare_cpu_env("cpu" if not _cuda() else "cuda")
     reg = _registry(args.plugin, console, quiet=True)
     t = Table(title="registered backends")
@@ -80,7 +80,6 @@ def cmd_backends(args, console) -> int:
         t.add_column(col)
     for name, b in reg.backends.items():
         c = b.capabilities
-        from impls.registry import unavailable_reason
         why = unavailable_reason(b)
         status = "[green]available[/]" if not why else f"[yellow]unavailable, {why}[/]"
         d = f"multiple of {c.d_multiple}" if c.d_multiple > 1 else "any"
@@ -195,10 +194,21 @@ def cmd_run(args, console) -> int:
     console.print(summary.table(all_stats))
     meta["interrupted"] = interrupted
     doc = summary.summary_dict(all_stats, meta)
-    summary.write_json(Path(args.json) if args.json else out_dir / "summary.json", doc)
-    summary.write_junit(Path(args.junit) if args.junit else out_dir / "junit.xml", all_stats)
-    page = summary.write_page(out_dir, all_stats, meta)
-    console.print(f"summary: {page}  reports: {reports_dir}")
+    write_errors = [e for s in all_stats for e in s.write_errors]
+    try:
+        summary.write_json(Path(args.json) if args.json else out_dir / "summary.json", doc)
+        summary.write_junit(Path(args.junit) if args.junit else out_dir / "junit.xml", all_stats)
+        page = summary.write_page(out_dir, all_stats, meta)
+        console.print(f"summary: {page}  reports: {reports_dir}")
+    except OSError as exc:
+        write_errors.append(f"{out_dir}: cannot write the summary: {exc.strerror or exc}")
+    if write_errors:
+        # nothing found is lost: every finding's case goes to stdout as JSON, one per line
+        for s in all_stats:
+            for f in s.findings.values():
+                print(json.dumps({"backend": s.name, "kind": f.result.kind, "params": f.result.params.to_dict()}))
+        raise HarnessError(write_errors[0] + (f" (and {len(write_errors) - 1} more)" if len(write_errors) > 1 else "")
+                           + "; the findings were printed above")
     if interrupted:
         return 130
     return EXIT_FOUND if doc["failed"] else EXIT_OK

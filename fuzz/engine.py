@@ -52,6 +52,7 @@ class BackendStats:
     findings: dict = field(default_factory=dict)    # signature -> Finding (the smallest case)
     backend_stats: dict = field(default_factory=dict)
     worker_restarts: int = 0
+    write_errors: list = field(default_factory=list)   # reports that could not be written
 
     def record(self, res: CaseResult):
         self.cases += 1
@@ -86,7 +87,9 @@ class BackendStats:
             "findings": [{"signature": s, "kind": f.result.kind, "components": f.result.failing_components(),
                           "case": f.result.params.short(), "elements": case_size(f.result.params)[0],
                           "detected_after_s": round(f.detected_after_s, 2), "message": f.result.message[:500],
-                          "report": str(f.path) if f.path else None} for s, f in self.findings.items()],
+                          "report": str(f.path) if f.path else None,
+                          "params": f.result.params.to_dict()} for s, f in self.findings.items()],
+            "write_errors": self.write_errors,
         }
 
 
@@ -124,7 +127,8 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
     shift = opts.seed * 1_000_003
     supported = cases(caps, opts.limits, seeds=st.integers(0, 2**31 - 1).map(lambda s: (s + shift) % 2**31))
     outside = unsupported_cases(caps, opts.device)
-    strategy = supported if outside is None else st.one_of(supported, outside)
+    # about one case in ten probes the refusal of an unsupported input (shrinks to supported)
+    strategy = supported if outside is None else st.one_of(*[supported] * 9, outside)
 
     def record_failure(res: CaseResult):
         sig = res.signature()
@@ -138,7 +142,10 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         if opts.reports_dir is not None:
             report = build_report(res, detected_after_s=old.detected_after_s if old else now,
                                   plugins=opts.plugins, env=env)
-            path, _ = write_report(report, opts.reports_dir)
+            try:
+                path, _ = write_report(report, opts.reports_dir)
+            except OSError as exc:     # full disk, permissions: keep the finding in memory
+                stats.write_errors.append(f"{opts.reports_dir}: cannot write report: {exc.strerror or exc}")
         finding = Finding(res, path, old.detected_after_s if old else now)
         stats.findings[sig] = finding
         if opts.on_finding:

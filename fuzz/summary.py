@@ -25,7 +25,8 @@ def table(all_stats) -> Table:
         if s.skipped:
             t.add_row(s.name, s.device, "-", "-", "-", "-", "-", f"skipped: {s.skipped}", "")
             continue
-        worst = ", ".join(f"{k} {_fmt_ratio(s.worst[k])}" for k in COMPONENTS if k in s.worst)
+        top = max(s.worst, key=s.worst.get) if s.worst else None
+        worst = f"{_fmt_ratio(s.worst[top])} ({top})" if top else ""
         finds = "; ".join(f"{f.result.kind}:{','.join(f.result.failing_components()) or '-'}"
                           for f in s.findings.values())
         t.add_row(s.name, s.device, str(s.cases), str(s.passed), str(s.failed), str(s.refused),

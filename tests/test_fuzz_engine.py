@@ -55,3 +55,17 @@ def test_findings_are_deduplicated_by_signature(registry, tmp_path):
     files = iter_reports(tmp_path)
     sigs = [load_report(f)["signature"] for f in files]
     assert len(sigs) == len(set(sigs)) == len(stats.findings) >= 1
+
+
+def test_unwritable_reports_keep_findings_in_memory(registry, tmp_path, monkeypatch):
+    import errno
+    import fuzz.engine as eng
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(eng, "write_report", full_disk)
+    stats = _fuzz(registry, "stream0_only", tmp_path, budget=10.0)
+    assert stats.findings and all(f.path is None for f in stats.findings.values())
+    assert stats.write_errors and "No space left on device" in stats.write_errors[0]
+    assert stats.to_dict()["findings"][0]["params"]["n"] >= 2
