@@ -164,12 +164,7 @@ def resolve_target(target: str, source: str):
             obj = getattr(obj, part)
         except AttributeError as exc:
             raise BackendContractError(f"{source}: {module_name!r} has no attribute {attr!r}") from exc
-    if not hasattr(obj, "backward") and callable(obj):
-        try:
-            obj = obj()
-        except Exception as exc:
-            raise BackendContractError(f"{source}: factory {target!r} raised {type(exc).__name__}: {exc}") from exc
-    return validate_backend(obj, source)
+    return resolve_loaded(obj, source)
 
 
 @dataclass
@@ -223,6 +218,7 @@ class Registry:
 
 
 def resolve_loaded(obj, source: str):
+    """An instance is used as is; a zero-argument factory (a class or function) is called."""
     if not hasattr(obj, "backward") and callable(obj):
         try:
             obj = obj()

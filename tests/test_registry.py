@@ -66,7 +66,7 @@ def test_contract_violations_name_the_source(monkeypatch):
     monkeypatch.setitem(sys.modules, "fake_backends_mod", mod)
     with pytest.raises(BackendContractError, match="capabilities"):
         resolve_target("fake_backends_mod:nocaps", "--plugin fake_backends_mod:nocaps")
-    with pytest.raises(BackendContractError, match="factory .* raised ZeroDivisionError"):
+    with pytest.raises(BackendContractError, match="factory raised ZeroDivisionError"):
         resolve_target("fake_backends_mod:factory_raises", "x")
     with pytest.raises(BackendContractError, match="module:attr"):
         resolve_target("no_colon", "x")
