@@ -34,10 +34,12 @@ def test_every_variant_lowers_for_sm90a():
     expected = {(k, n, D, dt) for n, D, dt in tlm.variants() for k in ("tok", "col")}
     expected |= {("reduce", n, D, "-") for n, D, _ in tlm.variants()}
     assert set(src) == expected
-    for key, code in src.items():
-        assert "__global__" in code, key
+    for key, low in src.items():
+        assert "__global__" in low.source, key
+        assert low.smem_bytes <= tlm.SMEM_LIMIT, (key, low.smem_bytes)     # else the launch fails
+        assert low.threads <= 1024, key
     # the column kernel streams its tiles with TMA on sm_90a (bulk async copies)
-    assert "tma_load" in src[("col", 4, 7168, "bf16")]
+    assert "tma_load" in src[("col", 4, 7168, "bf16")].source
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
@@ -47,7 +49,7 @@ def test_one_variant_compiles_with_nvcc():
     for k in (k1, k2, k3):
         assert "__global__" in k.get_kernel_source()
     after = tlm.compile_stats()
-    assert after["compiles"] - before["compiles"] in (0, 3)      # 0: compiled earlier in this process
+    assert after["compiles"] - before["compiles"] in (0, 1)      # 0: compiled earlier in this process
     assert tlm.get_kernels(4, 64, "bf16", "sm_90a") == (k1, k2, k3)   # in-process cache
     assert tlm.compile_stats()["compiles"] == after["compiles"]
 
@@ -206,7 +208,7 @@ def test_one_compile_per_variant_across_token_counts():
     for T in (1, 37, 1000, 4097):
         args = _args(1, T, n, D, torch.bfloat16, "cuda", seed=T)
         tlm.backend.backward(*args)
-    assert tlm.compile_stats()["compiles"] - before == 3      # its three kernels, once
+    assert tlm.compile_stats()["compiles"] - before == 1      # its three kernels, compiled once
 
 
 @requires_cuda

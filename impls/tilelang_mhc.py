@@ -1,0 +1,610 @@
+"""TileLang backend of the mHC "pre" backward (SPEC.md), for NVIDIA sm_90 (H100).
+
+Three kernels per call; the token count T = B*S is a dynamic dimension (`T.dynamic`),
+so one compiled set serves every T.
+
+  K1 `_tok_kernel`    one CTA per token: reads the token's row of x and dh_in once and
+                      computes the per-token scalars: dh_pre (the only reduction over D),
+                      dh_mix (fp32, and as bf16 hi + lo), the dvecX_inv coefficient
+                      -dinv_rms*inv_rms^3/(n*D), and the per-token terms of dbias and dalpha.
+  K2 `_col_kernel`    grid (n*D/NC column blocks) x (S token splits); a CTA owns NC columns of
+                      one stream (their phi columns stay in shared memory) and walks its
+                      split's token blocks (TMA loads/stores, warp-specialized pipeline):
+                        dx  = (dh_mix @ phi_cols) * gamma + coef * x + h_pre * dh_in   (TF32 MMA)
+                        P  += dh_mix^T @ x   (registers; the split's partial is written once)
+                      P is two exact-product bf16 MMAs on dh_mix = hi + lo when x is bf16
+                      (error ~2^-16, no transposed copy of x), a TF32 MMA otherwise.
+  K3 `_reduce_kernel` sums the S partials in fixed order:
+                        dphi[f,k]  = gamma[k] * P[f,k]
+                        dgamma[k]  = sum_f phi[f,k] * P[f,k]   (= sum_t x * (dh_mix @ phi), reassociated)
+                      and the split sums of the dbias / dalpha token terms.
+
+No float atomics anywhere: results are bitwise reproducible for a given (shape, device).
+No [T, n*D] fp32 intermediate: beyond the outputs, O(T*F) per-token values and S x [F, n*D].
+x and dh_in are read twice from memory (K1 and K2): dh_pre needs a token's whole row before
+any of its dx can be written, while dphi needs column ownership to keep its accumulators on
+chip; one pass would need grid-wide synchronisation between the two.
+
+tilelang is imported lazily: this module imports without tilelang and without CUDA.
+"""
+# no `from __future__ import annotations`: TileLang evaluates the kernels' annotations
+# against their closures (n, D, dtype).
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import torch
+
+from impls.golden import HC_EPS, mix_width
+from impls.registry import DTYPE_NAMES, Capabilities, UnsupportedInputError, check_inputs
+
+N_VALUES = (2, 4, 6, 8)          # validated on the H100 (tests/test_tilelang_backend.py); others refused
+D_MULTIPLE = 16                  # TMA needs 16-byte row strides: D*2 bytes for 16-bit x (8 would do)
+D_MAX = 16384
+X_DTYPES = ("bf16", "fp16", "fp32")
+_TL_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+F32 = "float32"
+
+K1_THREADS = 128
+K3_THREADS = 128
+_NC_BASE = {2: 256, 4: 256, 6: 128, 8: 64}   # K2 column tile (one stream); P = FP x NC: 32 regs/thread
+
+
+def _geometry(n: int, D: int, nc: int | None = None, dtype: str | None = None) -> dict:
+    """Static tiling of one (n, D) variant. FP: dh_mix columns padded for the MMAs and FR: the
+    F+3 token terms of dbias/dalpha, both powers of two (TileLang finds no layout / warp
+    partition for [32, 96] fragments or an M=96 MMA)."""
+    F = mix_width(n)
+    # column tile: >= 64 so that 8 warps can split the MMAs; a partial last tile per stream
+    # (D % NC != 0) is zero-filled on load and clipped on store by TMA
+    base = nc or (min(_NC_BASE[n], 128) if dtype == "float32" else _NC_BASE[n])   # fp32 tiles: smem
+    NC = max(64, min(base, 1 << (D - 1).bit_length()))
+    return dict(F=F, FP=max(32, 1 << (F - 1).bit_length()), FR=max(32, 1 << (F + 2).bit_length()),
+                NC=NC, ncb=n * -(-D // NC), K=n * D, BD=1024 if n <= 4 else 512)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def _tok_kernel(n: int, D: int, dtype: str):
+    """K1: per-token scalars. One CTA per token (T CTAs)."""
+    import tilelang.language as T
+    g = _geometry(n, D)
+    F, FP, FR, BD = g["F"], g["FP"], g["FR"], g["BD"]
+    nch = (D + BD - 1) // BD
+    Tn = T.dynamic("num_tokens")
+    BF16 = "bfloat16"
+
+    @T.prim_func
+    def tok_kernel(x: T.Tensor((Tn, n, D), dtype), dh_in: T.Tensor((Tn, D), dtype),
+                   inv_rms: T.Tensor((Tn,), F32), h_mix: T.Tensor((Tn, F), F32),
+                   h_pre: T.Tensor((Tn, n), F32), h_post: T.Tensor((Tn, n), F32),
+                   dh_post: T.Tensor((Tn, n), F32), dh_res: T.Tensor((Tn, n * n), F32),
+                   alpha: T.Tensor((3,), F32),
+                   dmix: T.Tensor((Tn, FP), F32), dmix_hi: T.Tensor((Tn, FP), BF16),
+                   dmix_lo: T.Tensor((Tn, FP), BF16), coef: T.Tensor((Tn,), F32),
+                   tokred: T.Tensor((Tn, FR), F32)):
+        with T.Kernel(Tn, threads=K1_THREADS) as t:
+            # step 1: dh_pre[i] = sum_d dh_in[d] * x[i, d]  (fp32, per-thread partials + tree)
+            acc = T.alloc_fragment((n, BD), F32)
+            T.clear(acc)
+            for k in T.serial(nch):
+                for i, j in T.Parallel(n, BD):
+                    acc[i, j] += T.if_then_else(
+                        k * BD + j < D,
+                        T.cast(x[t, i, k * BD + j], F32) * T.cast(dh_in[t, k * BD + j], F32), 0.0)
+            dhp = T.alloc_fragment((n,), F32)
+            T.reduce_sum(acc, dhp, dim=1)
+            dhp_s = T.alloc_shared((n,), F32)
+            dm_s = T.alloc_shared((FP,), F32)
+            tr_s = T.alloc_shared((FR,), F32)
+            for i in T.Parallel(n):
+                dhp_s[i] = dhp[i]
+            for f in T.Parallel(FP):
+                dm_s[f] = 0.0
+            for f in T.Parallel(FR):
+                tr_s[f] = 0.0
+            T.sync_threads()
+            # steps 2-4, 6-8 for one token: F scalars, one thread (tiny next to the row)
+            if T.get_thread_binding() == 0:
+                inv = inv_rms[t]
+                dinv = T.alloc_var(F32, init=0.0)
+                gr = T.alloc_var(F32)      # dh_pre2 / dh_post2 / dh_res entry (dbias term)
+                gs = T.alloc_var(F32)      # the same times alpha (g of SPEC step 3)
+                for f in T.serial(F):
+                    if f < n:
+                        s = h_pre[t, f] - HC_EPS
+                        gr = dhp_s[f] * s * (1.0 - s)
+                        tr_s[F] += gr * (h_mix[t, f] * inv)
+                        gs = gr * alpha[0]
+                    elif f < 2 * n:
+                        s = h_post[t, f - n] * 0.5
+                        gr = dh_post[t, f - n] * 2.0 * s * (1.0 - s)
+                        tr_s[F + 1] += gr * (h_mix[t, f] * inv)
+                        gs = gr * alpha[1]
+                    else:
+                        gr = dh_res[t, f - 2 * n]
+                        tr_s[F + 2] += gr * (h_mix[t, f] * inv)
+                        gs = gr * alpha[2]
+                    dinv += gs * h_mix[t, f]
+                    dm_s[f] = gs * inv
+                    tr_s[f] = gr
+                coef[t] = -dinv * inv * inv * inv / (n * D)
+            T.sync_threads()
+            # rows out (zero padded: K2's MMAs read FP columns); dh_mix also as bf16 hi + lo
+            for f in T.Parallel(FP):
+                dmix[t, f] = dm_s[f]
+                dmix_hi[t, f] = T.cast(dm_s[f], BF16)
+                dmix_lo[t, f] = T.cast(dm_s[f] - T.cast(T.cast(dm_s[f], BF16), F32), BF16)
+            for f in T.Parallel(FR):
+                tokred[t, f] = tr_s[f]
+
+    return tok_kernel
+
+
+def _col_kernel(n: int, D: int, dtype: str, stages: int = 2, nc: int | None = None, threads: int = 256,
+                bt: int = 32, dx_direct: bool = False, hilo_in: bool = False, min_blocks: int = 1):
+    """K2: dx and the split partials of P = dh_mix^T @ x. Grid (n*D/NC column blocks, S splits).
+
+    A CTA owns NC consecutive columns of one stream i (flat columns i*D + d0 ..); the n CTAs
+    of the same d0 are adjacent in the grid, so dh_in[:, d0:d0+NC], which all of them read,
+    comes from DRAM once and from L2 the other n-1 times. Tuning: bt tokens per block;
+    dx_direct: dx stored from registers (else staged in shared memory for a TMA store);
+    hilo_in: the bf16 hi/lo halves of dh_mix come from K1 (else split here); min_blocks > 1
+    asks for that many CTAs per SM (caps the consumer warpgroups' registers)."""
+    import tilelang.language as T
+    g = _geometry(n, D, nc, dtype)
+    F, FP, FR, NC = g["F"], g["FP"], g["FR"], g["NC"]
+    ncb = g["ncb"]
+    BT_ = bt
+    BF16 = "bfloat16"
+    split_bf16 = dtype == BF16
+    Tn = T.dynamic("num_tokens")
+    S = T.dynamic("num_splits")
+
+    @T.prim_func
+    def col_kernel(x: T.Tensor((Tn, n, D), dtype), dh_in: T.Tensor((Tn, D), dtype),
+                   dmix: T.Tensor((Tn, FP), F32), dmix_hi: T.Tensor((Tn, FP), BF16),
+                   dmix_lo: T.Tensor((Tn, FP), BF16), coef: T.Tensor((Tn,), F32),
+                   h_pre: T.Tensor((Tn, n), F32), tokred: T.Tensor((Tn, FR), F32),
+                   phi: T.Tensor((F, n * D), F32), gamma: T.Tensor((n, D), F32),
+                   dx: T.Tensor((Tn, n, D), dtype), part: T.Tensor((S, F, n * D), F32),
+                   tpart: T.Tensor((S, FR), F32)):
+        with T.Kernel(ncb, S, threads=threads) as (bj, bs):
+            if min_blocks > 1:
+                T.annotate_min_blocks_per_sm(min_blocks)
+                T.annotate_producer_reg_dealloc(24)
+                T.annotate_consumer_reg_alloc(((65536 // min_blocks - 24 * threads) // threads) // 8 * 8)
+            i = bj % n                       # stream
+            d0 = (bj // n) * NC              # columns d0 .. d0+NC of stream i (flat i*D + d)
+            phiT_s = T.alloc_shared((NC, FP), F32)      # phi columns, K-major for the TF32 MMA
+            gam_s = T.alloc_shared((NC,), F32)
+            xs = T.alloc_shared((BT_, NC), dtype)
+            dhs = T.alloc_shared((BT_, NC), dtype)
+            dms = T.alloc_shared((BT_, FP), F32)
+            cf_s = T.alloc_shared((BT_,), F32)
+            hp_s = T.alloc_shared((BT_,), F32)
+            mm = T.alloc_fragment((BT_, NC), F32)       # dvecX_mm of the block
+            P = T.alloc_fragment((FP, NC), F32)         # dh_mix^T @ x over the split
+            tacc = T.alloc_fragment((BT_, FR), F32)     # dbias/dalpha token terms (bj == 0 only)
+            if not dx_direct:
+                dxs = T.alloc_shared((BT_, NC), dtype)
+            if split_bf16:
+                # dh_mix = hi + lo in bf16 (relative error 2^-16): two exact-product bf16 MMAs
+                # read x where it lies, no transposed copy (TF32 MMAs need K-major operands)
+                dm_hi = T.alloc_shared((BT_, FP), BF16)
+                dm_lo = T.alloc_shared((BT_, FP), BF16)
+            else:
+                xT = T.alloc_shared((NC, BT_), F32)
+                dmT = T.alloc_shared((FP, BT_), F32)
+
+            for c, f in T.Parallel(NC, FP):
+                phiT_s[c, f] = T.if_then_else(f < F and d0 + c < D,
+                                              phi[T.min(f, F - 1), i * D + T.min(d0 + c, D - 1)], 0.0)
+            for c in T.Parallel(NC):
+                gam_s[c] = T.if_then_else(d0 + c < D, gamma[i, T.min(d0 + c, D - 1)], 0.0)
+            T.clear(P)
+            T.clear(tacc)
+            nb = T.ceildiv(Tn, BT_)
+            # token blocks bs, bs+S, bs+2S, ...; TMA zero-fills rows past Tn and clips stores
+            for it in T.Pipelined(T.ceildiv(nb - bs, S), num_stages=stages):
+                tb = (bs + it * S) * BT_
+                T.copy(x[tb:tb + BT_, i, d0:d0 + NC], xs)
+                T.copy(dh_in[tb:tb + BT_, d0:d0 + NC], dhs)
+                T.copy(dmix[tb:tb + BT_, :], dms)
+                if split_bf16 and hilo_in:
+                    T.copy(dmix_hi[tb:tb + BT_, :], dm_hi)
+                    T.copy(dmix_lo[tb:tb + BT_, :], dm_lo)
+                T.copy(coef[tb:tb + BT_], cf_s)
+                for t in T.Parallel(BT_):
+                    hp_s[t] = T.if_then_else(tb + t < Tn, h_pre[tb + t, i], 0.0)
+                if bj == 0:
+                    for t, f in T.Parallel(BT_, FR):
+                        tacc[t, f] += T.if_then_else(tb + t < Tn, tokred[tb + t, f], 0.0)
+                T.gemm(dms, phiT_s, mm, transpose_B=True, clear_accum=True)
+                if dx_direct:
+                    for t, c in T.Parallel(BT_, NC):
+                        if tb + t < Tn and d0 + c < D:
+                            dx[tb + t, i, d0 + c] = T.cast(
+                                mm[t, c] * gam_s[c] + cf_s[t] * T.cast(xs[t, c], F32)
+                                + hp_s[t] * T.cast(dhs[t, c], F32), dtype)
+                else:
+                    for t, c in T.Parallel(BT_, NC):
+                        dxs[t, c] = T.cast(mm[t, c] * gam_s[c] + cf_s[t] * T.cast(xs[t, c], F32)
+                                           + hp_s[t] * T.cast(dhs[t, c], F32), dtype)
+                    T.copy(dxs, dx[tb:tb + BT_, i, d0:d0 + NC])
+                if split_bf16:
+                    if not hilo_in:
+                        for t, f in T.Parallel(BT_, FP):
+                            dm_hi[t, f] = T.cast(dms[t, f], BF16)
+                            dm_lo[t, f] = T.cast(dms[t, f] - T.cast(T.cast(dms[t, f], BF16), F32), BF16)
+                    T.gemm(dm_hi, xs, P, transpose_A=True)
+                    T.gemm(dm_lo, xs, P, transpose_A=True)
+                else:
+                    for c, t in T.Parallel(NC, BT_):
+                        xT[c, t] = T.cast(xs[t, c], F32)
+                    for f, t in T.Parallel(FP, BT_):
+                        dmT[f, t] = dms[t, f]
+                    T.gemm(dmT, xT, P, transpose_B=True)
+            for f, c in T.Parallel(FP, NC):
+                if f < F and d0 + c < D:
+                    part[bs, f, i * D + d0 + c] = P[f, c]
+            if bj == 0:
+                tsum = T.alloc_fragment((FR,), F32)
+                T.reduce_sum(tacc, tsum, dim=0)
+                for f in T.Parallel(FR):
+                    tpart[bs, f] = tsum[f]
+
+    return col_kernel
+
+
+def _reduce_kernel(n: int, D: int):
+    """K3: fixed-order sums over the S splits; one thread per flat column, one extra CTA
+    for dbias / dalpha."""
+    import tilelang.language as T
+    g = _geometry(n, D)
+    F, FR, K = g["F"], g["FR"], g["K"]
+    nblk = (K + K3_THREADS - 1) // K3_THREADS
+    S = T.dynamic("num_splits")
+
+    @T.prim_func
+    def reduce_kernel(part: T.Tensor((S, F, n * D), F32), tpart: T.Tensor((S, FR), F32),
+                      phi: T.Tensor((F, n * D), F32), gamma: T.Tensor((n * D,), F32),
+                      dphi: T.Tensor((F, n * D), F32), dgamma: T.Tensor((n * D,), F32),
+                      dalpha: T.Tensor((3,), F32), dbias: T.Tensor((F,), F32)):
+        with T.Kernel(nblk + 1, threads=K3_THREADS) as bx:
+            tx = T.get_thread_binding()
+            if bx < nblk:
+                col = bx * K3_THREADS + tx
+                if col < K:
+                    p = T.alloc_local((F,), F32)
+                    for f in T.unroll(F):
+                        p[f] = 0.0
+                    for s in T.serial(S):
+                        for f in T.unroll(F):
+                            p[f] += part[s, f, col]
+                    dg = T.alloc_var(F32, init=0.0)
+                    for f in T.unroll(F):
+                        dphi[f, col] = p[f] * gamma[col]
+                        dg += phi[f, col] * p[f]
+                    dgamma[col] = dg
+            else:
+                if tx < F + 3:
+                    acc = T.alloc_var(F32, init=0.0)
+                    for s in T.serial(S):
+                        acc += tpart[s, tx]
+                    if tx < F:
+                        dbias[tx] = acc
+                    else:
+                        dalpha[tx - F] = acc
+
+    return reduce_kernel
+
+
+# ----------------------------------------------------------------------------- compile cache
+
+_KERNELS: dict = {}                 # (n, D, x dtype, arch, K2 tuning) -> (k1, k2, k3)
+_STATS = {"compiles": 0, "compile_seconds": 0.0}
+_LOCK = threading.Lock()
+
+
+def compile_stats() -> dict:
+    """Variants compiled by this process -- one per (n, D, x dtype, arch), each three
+    tilelang.compile calls; a TileLang disk-cache hit still counts, but costs ~0.1 s -- and
+    the wall seconds spent."""
+    return dict(_STATS)
+
+
+def _device_arch(device=None) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}" + ("a" if major == 9 else "")   # wgmma/TMA need the 'a' target
+
+
+def _target(arch: str) -> dict:
+    return {"kind": "cuda", "arch": arch}
+
+
+# K2 tuning: (pipeline stages, column tile NC or None for _NC_BASE[n], threads, tokens per
+# block, dx_direct, hilo_in, min CTAs per SM) -- see _col_kernel. TileLang warp-specializes
+# the pipeline (a TMA producer warpgroup + mbarriers); its cp.async alternative
+# (TL_DISABLE_WARP_SPECIALIZED) fails to lower in 0.1.15 with this dynamic trip count
+# ("Downcast from tirx.Sub to ir.IntImm"). Measured on the H100, K2 at T=32768, n=4,
+# D=7168 bf16 (bench/bench_tilelang.py --variants): this setting 2.18 ms; dx stored from
+# registers 2.86; hi/lo split in K2 2.36; 64-token blocks 2.43-2.65; NC=128 with 2 CTAs/SM
+# 2.07 (bitwise-equal outputs, but validated at n=4 bf16 only, so not the default).
+K2_TUNING = (2, None, 256, 32, False, True, 1)
+
+
+def _builders(n: int, D: int, dtype: str, k2=None):
+    """Builders of K1, K2, K3 (each returns a PrimFunc)."""
+    tl_dtype = _TL_DTYPE[dtype]
+    return (lambda: _tok_kernel(n, D, tl_dtype),
+            lambda: _col_kernel(n, D, tl_dtype, *(k2 or K2_TUNING)),
+            lambda: _reduce_kernel(n, D))
+
+
+def get_kernels(n: int, D: int, dtype: str, arch: str, k2=None):
+    """The three compiled kernels of (n, D, x dtype) for arch; compiled once per process
+    (and loaded from TileLang's disk cache, TILELANG_CACHE_DIR, when compiled before)."""
+    k2 = tuple(k2 or K2_TUNING)
+    key = (n, D, dtype, arch, k2)
+    with _LOCK:
+        if key in _KERNELS:
+            return _KERNELS[key]
+        import tilelang
+        t0 = time.perf_counter()
+        # nvcc runs in subprocesses: compile the three kernels side by side
+        with ThreadPoolExecutor(3) as pool:
+            kernels = tuple(pool.map(lambda b: tilelang.compile(b(), target=_target(arch)),
+                                     _builders(n, D, dtype, k2)))
+        _STATS["compiles"] += 1
+        _STATS["compile_seconds"] += time.perf_counter() - t0
+        _KERNELS[key] = kernels
+        return kernels
+
+
+def variants():
+    """(n, D, dtype) of every kernel variant class the fuzzer can reach, a representative D each.
+
+    D is a compile-time constant (one compile per distinct D); what changes the generated
+    code is n, the dtype, and whether D is a multiple of K2's column tile NC and of K1's
+    chunk BD. D=7168 is both (every n, every dtype); D=2576 = 16*161 is neither (partial
+    column tile, guarded K1 tail), once per n with the dtypes rotating, so every dtype meets
+    the tail code too while CPU lowering stays under a minute."""
+    out = [(n, 7168, dt) for n in N_VALUES for dt in X_DTYPES]
+    out += [(n, 2576, X_DTYPES[k % len(X_DTYPES)]) for k, n in enumerate(N_VALUES)]
+    return out
+
+
+SMEM_LIMIT = 227 * 1024             # sm_90 opt-in shared memory per block
+
+
+class Lowered(NamedTuple):
+    source: str                      # CUDA C of the kernel
+    smem_bytes: int                  # dynamic shared memory it needs
+    threads: int
+
+
+def _lower_one(job):
+    """Worker of lower_all_variants: (kind, n, D, dtype, arch) -> (key, Lowered)."""
+    try:
+        return _lower_one_inner(job)
+    except Exception as exc:         # TVM errors do not pickle across processes
+        raise RuntimeError(f"lowering {job} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _lower_one_inner(job):
+    import tilelang
+    from tilelang import tvm
+    kind, n, D, dt, arch = job
+    build = _builders(n, D, dt if dt != "-" else "bf16")[("tok", "col", "reduce").index(kind)]
+    tgt = tvm.target.Target(_target(arch))
+    with tvm.transform.PassContext(opt_level=3), tgt:   # as tilelang.compile
+        art = tilelang.lower(build(), target=tgt)
+    attrs = [f.attrs for f in art.device_mod.functions.values()][0]
+    smem = int(attrs.get("dyn_shared_memory_buf", 0)) if "dyn_shared_memory_buf" in attrs else 0
+    threads = int(attrs["thread_extent"]["threadIdx.x"])
+    return (kind, n, D, dt), Lowered(str(art.kernel_source), smem, threads)
+
+
+def lower_all_variants(arch: str = "sm_90a", variants_list=None, workers: int | None = None) -> dict:
+    """Every kernel variant lowered for `arch` without a GPU or nvcc:
+    {(kernel, n, D, dtype): Lowered(source, smem_bytes, threads)}. Lowering holds the GIL, so
+    it runs in worker processes (spawned: TVM does not survive fork)."""
+    import multiprocessing as mp
+    import os
+
+    jobs = []
+    for n, D, dt in (variants_list or variants()):
+        jobs += [("tok", n, D, dt, arch), ("col", n, D, dt, arch)]
+        if ("reduce", n, D, "-", arch) not in jobs:
+            jobs.append(("reduce", n, D, "-", arch))
+    workers = workers or min(len(jobs), os.cpu_count() or 1, 8)
+    if workers <= 1:
+        return dict(map(_lower_one, jobs))
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        return dict(pool.map(_lower_one, jobs))
+
+
+def _compile_one(job):
+    n, D, dt, arch, k2 = job
+    try:
+        get_kernels(n, D, dt, arch, k2)
+    except Exception as exc:         # TVM errors do not pickle across processes
+        raise RuntimeError(f"compiling {job} failed: {type(exc).__name__}: {exc}") from None
+    return job
+
+
+def precompile(keys, arch: str | None = None, workers: int = 8) -> None:
+    """Fill TileLang's disk cache (TILELANG_CACHE_DIR) for (n, D, dtype[, K2 tuning]) keys in
+    worker processes, so that later get_kernels calls, in any process, load instead of compile.
+    arch defaults to the current GPU's."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    arch = arch or _device_arch()
+    jobs = [(k[0], k[1], k[2], arch, k[3] if len(k) > 3 else None) for k in keys]
+    with ProcessPoolExecutor(max(1, min(workers, len(jobs))), mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(_compile_one, jobs))
+
+
+# ----------------------------------------------------------------------------- host side
+
+def _aligned(t: torch.Tensor, dtype=None) -> torch.Tensor:
+    """Contiguous, 16-byte aligned (TMA), in `dtype`; copies only when needed."""
+    if dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
+    t = t.contiguous()
+    if t.data_ptr() % 16:
+        t = t.clone()
+    return t
+
+
+_ONES: dict = {}
+
+
+def _ones_gamma(n: int, D: int, device) -> torch.Tensor:
+    key = (n, D, str(device))
+    if key not in _ONES:
+        _ONES[key] = torch.ones(n, D, dtype=torch.float32, device=device)
+    return _ONES[key]
+
+
+_NSM: dict = {}
+
+
+def _num_splits(n: int, D: int, T: int, device, bt: int = 32) -> int:
+    """Token splits of K2: enough CTAs for ~8 waves of one CTA per SM, but at least ~8 token
+    blocks per split so the [S, F, n*D] partials stay small next to the token traffic."""
+    ncb = _geometry(n, D)["ncb"]
+    key = str(device)
+    if key not in _NSM:
+        _NSM[key] = torch.cuda.get_device_properties(device).multi_processor_count
+    nsm = _NSM[key]
+    nb = (T + bt - 1) // bt
+    s = min(-(-8 * nsm // ncb), -(-nb // 8))
+    return max(1, min(s, nb))
+
+
+class MHCBackwardTileLang:
+    """op = MHCBackwardTileLang(B, S, n, D); dx, dphi, dalpha, dbias, dgamma = op(...).
+
+    B and S only describe the expected shape: the kernels are compiled for (n, D, x dtype)
+    with a dynamic token count, so any B*S works. Inputs are made contiguous (and 16-byte
+    aligned, for TMA) when they are not; small tensors are cast to fp32 if needed."""
+
+    def __init__(self, B: int, S: int, n: int, D: int):
+        self.B, self.S, self.n, self.D = B, S, n, D
+        reason = _shape_refusal(n, D)
+        if reason:
+            raise UnsupportedInputError(f"tilelang: unsupported input: {reason}")
+
+    def __call__(self, x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res,
+                 gamma=None):
+        B, S, n, D = x.shape
+        if (n, D) != (self.n, self.D):
+            raise UnsupportedInputError(f"tilelang: op built for n={self.n}, D={self.D}, got x {tuple(x.shape)}")
+        dt = DTYPE_NAMES.get(x.dtype)
+        if dt not in X_DTYPES:
+            raise UnsupportedInputError(f"tilelang: x dtype {x.dtype} not in {X_DTYPES}")
+        if x.device.type != "cuda":
+            raise UnsupportedInputError(f"tilelang: needs CUDA tensors, got x on {x.device}")
+        if dh_in.dtype != x.dtype:
+            raise UnsupportedInputError(f"tilelang: dh_in dtype {dh_in.dtype} must equal x dtype {x.dtype}")
+        F = mix_width(n)
+        Tn = B * S
+        dev = x.device
+        f32 = torch.float32
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        dphi = torch.empty(F, n * D, dtype=f32, device=dev)
+        dgamma = torch.empty(n, D, dtype=f32, device=dev)
+        dalpha = torch.empty(3, dtype=f32, device=dev)
+        dbias = torch.empty(F, dtype=f32, device=dev)
+        if Tn == 0:                       # empty launch grids are invalid in CUDA
+            for t in (dphi, dgamma, dalpha, dbias):
+                t.zero_()
+            return dx, dphi, dalpha, dbias, dgamma
+
+        k1, k2, k3 = get_kernels(n, D, dt, _device_arch(dev))
+        g = _geometry(n, D)
+        xf = _aligned(x).view(Tn, n, D)
+        dhf = _aligned(dh_in).view(Tn, D)
+        phif = _aligned(phi, f32)
+        gam = _ones_gamma(n, D, dev) if gamma is None else _aligned(gamma, f32).view(n, D)
+        small = [_aligned(t, f32) for t in (inv_rms, h_mix, h_pre, h_post, dh_post, dh_res)]
+        inv_f, hmix_f, hpre_f, hpost_f, dpost_f, dres_f = (
+            small[0].view(Tn), small[1].view(Tn, F), small[2].view(Tn, n), small[3].view(Tn, n),
+            small[4].view(Tn, n), small[5].view(Tn, n * n))
+        alpha_f = _aligned(alpha, f32)
+
+        dmix = torch.empty(Tn, g["FP"], dtype=f32, device=dev)
+        dmix_hi = torch.empty(Tn, g["FP"], dtype=torch.bfloat16, device=dev)
+        dmix_lo = torch.empty_like(dmix_hi)
+        coef = torch.empty(Tn, dtype=f32, device=dev)
+        tokred = torch.empty(Tn, g["FR"], dtype=f32, device=dev)
+        k1(xf, dhf, inv_f, hmix_f, hpre_f, hpost_f, dpost_f, dres_f, alpha_f, dmix, dmix_hi, dmix_lo, coef, tokred)
+
+        ns = _num_splits(n, D, Tn, dev, K2_TUNING[3])
+        part = torch.empty(ns, F, n * D, dtype=f32, device=dev)
+        tpart = torch.empty(ns, g["FR"], dtype=f32, device=dev)
+        k2(xf, dhf, dmix, dmix_hi, dmix_lo, coef, hpre_f, tokred, phif, gam, dx.view(Tn, n, D), part, tpart)
+
+        k3(part, tpart, phif, gam.view(n * D), dphi, dgamma.view(n * D), dalpha, dbias)
+        return dx, dphi, dalpha, dbias, dgamma
+
+
+def _shape_refusal(n: int, D: int) -> str | None:
+    return CAPABILITIES.refusal(device="cuda", x_dtype="bf16", n=n, D=D, T=1)
+
+
+# ----------------------------------------------------------------------------- registry
+
+CAPABILITIES = Capabilities(
+    devices=("cuda",),
+    x_dtypes=X_DTYPES,
+    n_values=N_VALUES,
+    d_multiple=D_MULTIPLE,
+    d_max=D_MAX,
+    deterministic=True,
+    gemm_precision="tf32",
+    has_forward=False,
+    notes=("TileLang 0.1.15, sm_90a; 3 kernels: per-token scalars, column-blocked dx (TF32 MMA "
+           "dh_mix @ phi) + split partials of dh_mix^T x (bf16 hi+lo MMAs for bf16 x, else TF32), "
+           "fixed-order reduce; compiled once per (n, D, x dtype) for every token count; "
+           "no float atomics; non-contiguous or misaligned inputs are copied"),
+)
+
+
+class TileLangBackend:
+    name = "tilelang"
+    capabilities = CAPABILITIES
+
+    def __init__(self):
+        self._ops: dict = {}
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import tilelang  # noqa: F401
+        except Exception as exc:  # ImportError, or a broken native install
+            return f"tilelang not installed ({type(exc).__name__}: {exc})".splitlines()[0]
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        major, minor = torch.cuda.get_device_capability()
+        if major != 9:               # TMA + warp specialization, built and validated for sm_90a only
+            return f"needs an sm_90 GPU (H100/H200), found sm_{major}{minor}"
+        return None
+
+    def backward(self, x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma):
+        check_inputs(self.capabilities, self.name, x)
+        B, S, n, D = x.shape
+        op = self._ops.get((n, D))
+        if op is None:
+            op = self._ops[(n, D)] = MHCBackwardTileLang(B, S, n, D)
+        return op(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma)
+
+    def stats(self) -> dict:
+        """Compile counts of this process (read by fuzz.check.run_case into its reports)."""
+        return compile_stats()
+
+
+backend = TileLangBackend()
