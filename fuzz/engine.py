@@ -48,6 +48,7 @@ class BackendStats:
     first_failure_case: int | None = None           # how many cases ran until the first failure
     skipped: str | None = None
     worst: dict = field(default_factory=dict)       # component -> worst ratio among passing+failing
+    worst_case: dict = field(default_factory=dict)  # component -> the case that gave it
     ratios: dict = field(default_factory=dict)      # component -> sample of ratios
     findings: dict = field(default_factory=dict)    # signature -> Finding (the smallest case)
     backend_stats: dict = field(default_factory=dict)
@@ -64,7 +65,9 @@ class BackendStats:
             self.passed += 1
         for v in res.verdicts:
             r = v.worst_ratio if math.isfinite(v.worst_ratio) else 1e30
-            self.worst[v.component] = max(self.worst.get(v.component, 0.0), r)
+            if r >= self.worst.get(v.component, 0.0):
+                self.worst[v.component] = r
+                self.worst_case[v.component] = res.params.to_dict()
             bucket = self.ratios.setdefault(v.component, [])
             if len(bucket) < MAX_SAMPLES:
                 bucket.append(r)
@@ -83,6 +86,7 @@ class BackendStats:
             "first_failure_s": None if self.first_failure_s is None else round(self.first_failure_s, 2),
             "first_failure_case": self.first_failure_case,
             "skipped": self.skipped, "worst_ratio": {k: self.worst[k] for k in COMPONENTS if k in self.worst},
+            "worst_case": {k: self.worst_case[k] for k in COMPONENTS if k in self.worst_case},
             "backend_stats": self.backend_stats, "worker_restarts": self.worker_restarts,
             "findings": [{"signature": s, "kind": f.result.kind, "components": f.result.failing_components(),
                           "case": f.result.params.short(), "elements": case_size(f.result.params)[0],
@@ -119,6 +123,7 @@ class FuzzOptions:
 def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) -> BackendStats:
     """Fuzz one backend for `budget_s` seconds; returns its statistics and findings."""
     stats = BackendStats(name, opts.device, budget_s)
+    executor.warm()          # a worker (re)start is not charged to this backend's budget
     start = time.monotonic()
     deadline = start + budget_s
     env = environment(opts.device)

@@ -253,16 +253,15 @@ class Hangs(Mutant):
 class WritesOutOfBounds(Mutant):
     name = "writes_out_of_bounds"
     expected = "out-of-bounds"
-    description = "stores 16 bytes past the last element of dh_in (wrong base pointer)"
+    description = "stores 16 bytes just past the last element of dh_in (a store mask off by one)"
 
     def bug(self, r, a):
         t = a["dh_in"]
         last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-        end = t.data_ptr() + (last + 1) * t.element_size()       # one past the last element
-        if t.device.type == "cpu":
-            ctypes.memset(end, 0x7F, 16)
-        else:
-            torch.cuda.cudart().cudaMemset(end, 0x7F, 16)
+        end = (t.storage_offset() + last + 1) * t.element_size()      # byte just past the data
+        storage = t.untyped_storage()
+        if end + 16 <= storage.nbytes():   # same on CPU and GPU: a raw store into the neighbour bytes
+            torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage, end, (16,), (1,)).fill_(0x7F)
         return r
 
 
@@ -283,8 +282,9 @@ class Nondeterministic(Mutant):
 
     def bug(self, r, a):
         r["dphi"] = r["dphi"].clone()
-        r["dphi"].view(-1)[0] = torch.nextafter(r["dphi"].view(-1)[0],
-                                                torch.tensor(float(random.choice([-1, 1])) * 1e30))
+        first = r["dphi"].view(-1)[:1]
+        away = torch.full_like(first, random.choice([-1.0, 1.0]) * 1e30)
+        r["dphi"].view(-1)[:1] = torch.nextafter(first, away)
         return r
 
 
