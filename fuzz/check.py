@@ -81,7 +81,7 @@ def _mutated(inp: Inputs, before: dict) -> list:
             (t.is_floating_point() and torch.equal(torch.nan_to_num(t), torch.nan_to_num(before[k])))]
 
 
-def _expected_specs(p: CaseParams, device: str, direction: str):
+def _expected_specs(p: CaseParams, direction: str):
     xdt = TORCH_DTYPE[p.x_dtype]
     B, S, n, D, F = p.B, p.S, p.n, p.D, p.F
     f32 = torch.float32
@@ -94,7 +94,7 @@ def _expected_specs(p: CaseParams, device: str, direction: str):
 
 def _judge(outputs, p: CaseParams, device, direction, ref, mags, tols, caps) -> tuple[list, str]:
     names = BACKWARD if direction == "backward" else FORWARD
-    specs = _expected_specs(p, device, direction)
+    specs = _expected_specs(p, direction)
     if not isinstance(outputs, (tuple, list)) or len(outputs) != len(names):
         got = len(outputs) if isinstance(outputs, (tuple, list)) else type(outputs).__name__
         return [cmp.contract_verdict(direction, f"{direction} returned {got}, expected {len(names)} tensors")], CONTRACT

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from fuzz.precision import UNIT_ROUNDOFF
+from fuzz.precision import NAME_OF, UNIT_ROUNDOFF
 
 
 @dataclass
@@ -59,7 +59,7 @@ def compare(component: str, out: torch.Tensor, truth: torch.Tensor, tol: torch.T
     fin_o, fin_e = torch.isfinite(o), torch.isfinite(expected)
     # near the overflow threshold either a finite value or Inf is a correct rounding
     top = torch.finfo(out_dtype).max
-    ulp_top = top * 2 * UNIT_ROUNDOFF.get({torch.bfloat16: "bf16", torch.float16: "fp16"}.get(out_dtype, "fp32"))
+    ulp_top = top * 2 * UNIT_ROUNDOFF[NAME_OF[out_dtype]]
     ambiguous = (t.abs() - tol < top + ulp_top / 2) & (t.abs() + tol >= top + ulp_top / 2)
     both_nonfinite = ~fin_o & ~fin_e
     same_special = both_nonfinite & ((o == expected) | (torch.isnan(o) & torch.isnan(expected)))

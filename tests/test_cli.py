@@ -115,3 +115,10 @@ def test_killed_run_leaves_only_complete_reports(tmp_path, sig):
         load_report(f)                  # every file is complete, valid JSON with all keys
     leftovers = [p for p in reports.rglob("*") if p.is_file() and p.suffix != ".json"]
     assert not leftovers
+
+
+@pytest.mark.skipif(__import__("shutil").which("compute-sanitizer") is not None,
+                    reason="compute-sanitizer is installed: the GPU replay is exercised on the GPU machine")
+def test_sanitize_without_compute_sanitizer_is_a_clear_error(tmp_path):
+    r = cli("replay", tmp_path / "r.json", "--sanitize")
+    assert r.returncode == 2 and "compute-sanitizer is not on PATH" in r.stderr
