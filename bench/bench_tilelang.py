@@ -28,25 +28,9 @@ from impls.registry import default_registry, unavailable_reason  # noqa: E402
 K2_VARIANTS = [(2, 128, 256, 32, False, True, 2), (3, 128, 256, 32, False, True, 2)]
 
 
-def bench_ms(fn, warmup=10, rep=50):
-    from triton.testing import do_bench
-    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
-
-
-def bandwidth(nbytes=2 << 30):
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src))
-    del src, dst
-    torch.cuda.empty_cache()
-    return 2 * nbytes / (ms * 1e-3)
-
-
-def bwd_bytes(T, n, D, xb):
-    """Bytes the backward must move (same formula as bench_backward.py)."""
-    F, K = mix_width(n), n * D
-    return (T * K * xb * 2 + T * D * xb + F * K * 4 * 2 + K * 4 * 2 + F * 4 + 12
-            + T * (1 + F + n + n + n + n * n) * 4)
+bench_ms = bench_backward.bench_ms
+bandwidth = bench_backward.measure_bandwidth
+bwd_bytes = bench_backward.bwd_bytes
 
 
 def kernel_bytes(T, n, D, xb, S):

@@ -67,7 +67,7 @@ def write_junit(path: Path, all_stats):
 
 def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
     """summary.md with the table and, where matplotlib is installed, a plot of error/bound ratios."""
-    lines = [f"# mhc-fuzz run", "", f"- device: {meta.get('device')}  ", f"- budget: {meta.get('budget_s')} s, "
+    lines = ["# mhc-fuzz run", "", f"- device: {meta.get('device')}  ", f"- budget: {meta.get('budget_s')} s, "
              f"profile {meta.get('profile')}, seed {meta.get('seed')}  ", f"- started: {meta.get('started')}", "",
              "| backend | cases | passed | failed | refused | cases/s | findings |", "|---|---|---|---|---|---|---|"]
     for s in all_stats:

@@ -5,7 +5,7 @@ profile's size limits: on the CPU that is golden and Triton under the interprete
 GPU every available backend. Backends that cannot run here skip with their reason."""
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
 
 from fuzz.check import backend_can_run, run_case
 from fuzz.profiles import PROFILES

@@ -77,7 +77,6 @@ def test_contract_violations_name_the_source(monkeypatch):
 
 
 def test_duplicate_name_is_an_error():
-    from impls.golden_backend import GoldenBackend
     reg = Registry().load_builtins()
     reg.load_plugin("impls.golden_backend:GoldenBackend")   # a factory returning another 'golden'
     assert "already registered" in reg.errors["--plugin impls.golden_backend:GoldenBackend"]

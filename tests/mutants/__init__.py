@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from impls.golden import backward_terms, mhc_forward
+from impls.golden import backward_terms
 from impls.registry import Capabilities, check_inputs
 
 
@@ -158,7 +158,7 @@ class NHardcoded(Mutant):
     description = "the RMS-norm gradient divides by 4*D: n hard-coded to the production value"
 
     def bug(self, r, a):
-        n, D = a["x"].shape[2], a["x"].shape[3]
+        n = a["x"].shape[2]
         return _recombine(r, a, dvec_inv=r["dvec_inv"] * n / 4)
 
 
