@@ -22,5 +22,10 @@ def test_every_mutant_is_killed_with_its_expected_kind(tmp_path):
     wrong_kind = [(row["mutant"], row["kinds"], row["expected_kind"]) for row in rows
                   if not row["expected_kind_found"]]
     assert not wrong_kind
+    # nothing is lost: every kill left a complete report that names its kind
+    from fuzz.reports import load_report
+    for row in rows:
+        rep = load_report(row["report"])
+        assert rep["backend"] == row["mutant"] and rep["kind"] in row["kinds"]
     slow = [(row["mutant"], row["seconds_to_first_failure"]) for row in rows if row["seconds_to_first_failure"] > 15]
     assert not slow, slow
