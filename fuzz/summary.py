@@ -29,6 +29,8 @@ def table(all_stats) -> Table:
         worst = f"{_fmt_ratio(s.worst[top])} ({top})" if top else ""
         finds = "; ".join(f"{f.result.kind}:{','.join(f.result.failing_components()) or '-'}"
                           for f in s.findings.values())
+        if "compiles" in s.backend_stats:
+            finds = (finds or "none") + f"; {s.backend_stats['compiles']} compiles"
         t.add_row(s.name, s.device, str(s.cases), str(s.passed), str(s.failed), str(s.refused),
                   f"{s.cases_per_second():.2f}", worst or "-", finds or "none")
     return t
@@ -77,6 +79,11 @@ def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
               "| backend | " + " | ".join(COMPONENTS) + " |", "|---" * (len(COMPONENTS) + 1) + "|"]
     for s in all_stats:
         lines.append(f"| {s.name} | " + " | ".join(_fmt_ratio(s.worst.get(c)) for c in COMPONENTS) + " |")
+    stats_lines = [f"- {s.name}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in s.backend_stats.items())
+                   for s in all_stats if s.backend_stats]
+    if stats_lines:
+        lines += ["", "## Backend statistics (e.g. kernel compiles)", ""] + stats_lines
     for s in all_stats:
         for sig, f in s.findings.items():
             lines += ["", f"### {s.name}: {f.result.kind} ({', '.join(f.result.failing_components()) or '-'})",
