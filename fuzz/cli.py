@@ -108,7 +108,7 @@ def _cuda() -> bool:
 def cmd_run(args, console) -> int:
     from fuzz import engine, summary
     from fuzz.check import backend_can_run
-    from fuzz.executor import InProcessExecutor, SubprocessExecutor
+    from fuzz.executor import InProcessExecutor, SubprocessExecutor, WorkerStartError
     from fuzz.profiles import ProfileError, get_profile
     from fuzz import tolerances as tolmod
 
@@ -182,14 +182,14 @@ def cmd_run(args, console) -> int:
                                       on_result=on_result, on_finding=on_finding)
             try:
                 stats = engine.fuzz_backend(name, reg.get(name).capabilities, executor, share, opts)
-            except KeyboardInterrupt:
-                interrupted = True
-                stats = engine.BackendStats(name, device, skipped="interrupted")
+            except WorkerStartError as exc:
+                raise HarnessError(f"backend {name}: {exc}") from None
             finally:
                 executor.close()
             progress.update(task, completed=share)
             all_stats.append(stats)
-            if interrupted:
+            if stats.interrupted:
+                interrupted = True
                 break
     console.print(summary.table(all_stats))
     meta["interrupted"] = interrupted
@@ -371,8 +371,14 @@ COMMANDS = {"backends": cmd_backends, "run": cmd_run, "replay": cmd_replay, "mut
             "onboard": cmd_onboard}
 
 
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt   # SIGTERM ends a run like Ctrl-C: partial summary, reports kept
+
+
 def main(argv=None) -> int:
+    import signal
     from rich.console import Console
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     console = Console(stderr=False, highlight=False)
     parser = build_parser()
     args = parser.parse_args(argv)

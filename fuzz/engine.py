@@ -19,6 +19,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from fuzz.cases import CaseParams
 from fuzz.check import CaseResult
+from fuzz.executor import WorkerStartError
 from fuzz.reports import build_report, case_size, environment, write_report
 from fuzz.strategies import cases, unsupported_cases
 from fuzz.truth import BACKWARD, FORWARD
@@ -53,6 +54,7 @@ class BackendStats:
     findings: dict = field(default_factory=dict)    # signature -> Finding (the smallest case)
     backend_stats: dict = field(default_factory=dict)
     worker_restarts: int = 0
+    interrupted: bool = False                         # stopped by Ctrl-C / SIGTERM: partial numbers
     write_errors: list = field(default_factory=list)   # reports that could not be written
 
     def record(self, res: CaseResult):
@@ -88,6 +90,7 @@ class BackendStats:
             "skipped": self.skipped, "worst_ratio": {k: self.worst[k] for k in COMPONENTS if k in self.worst},
             "worst_case": {k: self.worst_case[k] for k in COMPONENTS if k in self.worst_case},
             "backend_stats": self.backend_stats, "worker_restarts": self.worker_restarts,
+            "interrupted": self.interrupted,
             "findings": [{"signature": s, "kind": f.result.kind, "components": f.result.failing_components(),
                           "case": f.result.params.short(), "elements": case_size(f.result.params)[0],
                           "detected_after_s": round(f.detected_after_s, 2), "message": f.result.message[:500],
@@ -159,7 +162,11 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
     def prop(params: CaseParams):
         if time.monotonic() > deadline:
             return   # out of budget: passing quickly lets Hypothesis wind down
-        res = executor.run(name, params, check_determinism=None if opts.check_determinism else False)
+        try:
+            res = executor.run(name, params, check_determinism=None if opts.check_determinism else False)
+        except WorkerStartError as exc:
+            fatal.append(exc)      # not a finding: stop the run and say why
+            raise
         stats.record(res)
         if opts.on_result:
             opts.on_result(stats, res)
@@ -170,6 +177,7 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
             record_failure(res)
             raise _failure_type(res.signature())(f"{res.signature()}: {res.message}")
 
+    fatal = []
     chunk = 0
     while time.monotonic() < deadline and not (opts.stop_on_first_failure and stats.findings):
         test = given(params=strategy)(prop)
@@ -180,8 +188,13 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         test.hypothesis.inner_test._hypothesis_internal_add_digest = f"mhc-fuzz:{name}".encode()
         try:
             test()
+        except KeyboardInterrupt:
+            stats.interrupted = True
+            break
         except Exception:
             pass   # failures are already recorded; Hypothesis re-raises them at the end
+        if fatal:
+            raise fatal[0]
         chunk += 1
     stats.seconds = time.monotonic() - start
     stats.worker_restarts = getattr(executor, "restarts", 0)

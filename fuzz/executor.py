@@ -19,6 +19,10 @@ from impls.registry import default_registry
 STARTUP_TIMEOUT_S = 300.0
 
 
+class WorkerStartError(RuntimeError):
+    """The worker process could not start: a harness problem, not a finding about a backend."""
+
+
 class InProcessExecutor:
     """Runs cases in this process: fastest, for trusted backends and tests."""
 
@@ -83,13 +87,13 @@ class SubprocessExecutor:
         child.close()
         if not self._conn.poll(STARTUP_TIMEOUT_S):
             self._kill()
-            raise RuntimeError(f"fuzz worker did not start within {STARTUP_TIMEOUT_S:.0f} s")
+            raise WorkerStartError(f"fuzz worker did not start within {STARTUP_TIMEOUT_S:.0f} s")
         try:
             self._conn.recv()
         except EOFError:
             code = self._proc.exitcode
             self._kill()
-            raise RuntimeError(f"fuzz worker failed to start ({_describe_exit(code)})") from None
+            raise WorkerStartError(f"fuzz worker failed to start ({_describe_exit(code)})") from None
 
     def _kill(self):
         if self._proc is not None and self._proc.is_alive():

@@ -68,20 +68,14 @@ def run_sharded(args, budget: float, device: str, console) -> int:
     console.print(f"{n} workers on {device}" + (f" ({gpus} GPUs, one each)" if gpus else ""))
     for i in range(n):
         launch(i)
-    while True:
-        running = 0
-        for i, w in workers.items():
-            rc = w["proc"].poll()
-            if rc is None:
-                running += 1
-            elif rc not in (0, 1) and budget - (time.monotonic() - start) > 10:
-                console.print(f"[yellow]worker {i} died (exit {rc}); restarting[/]")
-                w["log"].close()
-                launch(i)
-                running += 1
-        if not running:
-            break
-        time.sleep(1.0)
+    try:
+        _supervise(workers, launch, budget, start, console)
+    except KeyboardInterrupt:       # stop every worker; each writes its partial summary
+        for w in workers.values():
+            if w["proc"].poll() is None:
+                w["proc"].terminate()
+        for w in workers.values():
+            w["proc"].wait(60)
     summaries = []
     for i, w in workers.items():
         w["log"].close()
@@ -100,6 +94,24 @@ def run_sharded(args, budget: float, device: str, console) -> int:
     console.print(t)
     console.print(f"summary: {out / 'summary.json'}  reports: {args.reports}")
     return 1 if merged["failed"] else 0
+
+
+def _supervise(workers, launch, budget, start, console):
+    """Wait for the workers; restart one that dies while budget is left."""
+    while True:
+        running = 0
+        for i, w in workers.items():
+            rc = w["proc"].poll()
+            if rc is None:
+                running += 1
+            elif rc not in (0, 1, 2, 130) and budget - (time.monotonic() - start) > 10:   # died, not done
+                console.print(f"[yellow]worker {i} died (exit {rc}); restarting[/]")
+                w["log"].close()
+                launch(i)
+                running += 1
+        if not running:
+            break
+        time.sleep(1.0)
 
 
 def merge(summaries: list, n_workers: int, device: str, budget: float) -> dict:

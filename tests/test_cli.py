@@ -115,6 +115,10 @@ def test_killed_run_leaves_only_complete_reports(tmp_path, sig):
         load_report(f)                  # every file is complete, valid JSON with all keys
     leftovers = [p for p in reports.rglob("*") if p.is_file() and p.suffix != ".json"]
     assert not leftovers
+    if sig != signal.SIGKILL:     # Ctrl-C and SIGTERM end like a short run: partial summary, exit 130
+        assert proc.returncode == 130, proc.stdout.read()
+        doc = json.loads((tmp_path / "out" / "summary.json").read_text())
+        assert doc["interrupted"] and doc["backends"][0]["cases"] > 0
 
 
 @pytest.mark.skipif(__import__("shutil").which("compute-sanitizer") is not None,
@@ -122,3 +126,10 @@ def test_killed_run_leaves_only_complete_reports(tmp_path, sig):
 def test_sanitize_without_compute_sanitizer_is_a_clear_error(tmp_path):
     r = cli("replay", tmp_path / "r.json", "--sanitize")
     assert r.returncode == 2 and "compute-sanitizer is not on PATH" in r.stderr
+
+
+def test_worker_that_cannot_start_is_a_harness_error(tmp_path):
+    r = cli("run", "--plugin", "tests.worker_killer:backend", "--backend", "worker_killer", "--budget", "20s",
+            "--device", "cpu", "--reports", tmp_path / "rep", "--out", tmp_path / "out", "--db", "none")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "worker_killer: fuzz worker failed to start (worker exited with code 3)" in r.stderr
