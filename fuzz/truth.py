@@ -6,7 +6,7 @@ saved activations a backend receives (those are fp32 roundings of the same forwa
 
 magnitudes(): the same computation run on magnitudes (|inputs|, every subtraction an
 addition, every elementwise factor by its absolute value), in float64. For an output y,
-M(y) bounds the sum of |terms| that rounding errors scale with (ERROR-BOUNDS.md)."""
+M(y) bounds the sum of |terms| that rounding errors scale with (docs/ERROR-BOUNDS.md)."""
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,5 @@
 """Golden reference of the mHC "pre" operator: the forward and the manual backward of
-SPEC.md in plain PyTorch, device-agnostic and dtype-agnostic (fp32 math unless the
+docs/SPEC.md in plain PyTorch, device-agnostic and dtype-agnostic (fp32 math unless the
 caller passes float64 tensors, which is how the float64 truth reuses the forward)."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def mhc_forward(x, phi, alpha, bias, gamma=None, norm_eps=NORM_EPS, hc_eps=HC_EPS):
-    """Forward of SPEC.md. Returns (h_in, h_post, h_res, inv_rms, h_mix, h_pre).
+    """Forward of docs/SPEC.md. Returns (h_in, h_post, h_res, inv_rms, h_mix, h_pre).
 
     Math runs in fp32 (float64 if x is float64); h_in is stored in x's dtype."""
     B, S, n, D = x.shape
@@ -39,7 +39,7 @@ def mhc_forward(x, phi, alpha, bias, gamma=None, norm_eps=NORM_EPS, hc_eps=HC_EP
 
 def backward_terms(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
                    dh_in, dh_post, dh_res, gamma=None, hc_eps=HC_EPS) -> dict:
-    """The eleven steps of SPEC.md, one statement each; returns every named intermediate
+    """The eleven steps of docs/SPEC.md, one statement each; returns every named intermediate
     (so that a variant, e.g. a planted bug, can recombine them)."""
     B, S, n, D = x.shape
     cd = _compute_dtype(x)
@@ -77,7 +77,7 @@ def backward_terms(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
 
 def mhc_pre_backward_manual(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
                             dh_in, dh_post, dh_res, gamma=None, hc_eps=HC_EPS):
-    """Manual backward of SPEC.md. Returns (dx, dphi, dalpha, dbias, dgamma);
+    """Manual backward of docs/SPEC.md. Returns (dx, dphi, dalpha, dbias, dgamma);
     dx in x's dtype, the rest fp32 (float64 when x is float64)."""
     r = backward_terms(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma, hc_eps)
     return r["dx"], r["dphi"], r["dalpha"], r["dbias"], r["dgamma"]

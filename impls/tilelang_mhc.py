@@ -1,4 +1,4 @@
-"""TileLang backend of the mHC "pre" backward (SPEC.md), for NVIDIA sm_90 (H100).
+"""TileLang backend of the mHC "pre" backward (docs/SPEC.md), for NVIDIA sm_90 (H100).
 
 Three kernels per call; the token count T = B*S is a dynamic dimension (`T.dynamic`),
 so one compiled set serves every T.

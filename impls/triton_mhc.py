@@ -1,4 +1,4 @@
-"""Triton backend of the mHC "pre" operator (SPEC.md): forward and the four-kernel backward.
+"""Triton backend of the mHC "pre" operator (docs/SPEC.md): forward and the four-kernel backward.
 
 Liger-Kernel style: kernels, launchers and the autograd-free glue side by side.
 
@@ -521,7 +521,7 @@ class _BackwardPlan:
 
 
 def mhc_backward_triton(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma=None):
-    """Backward of SPEC.md. Returns (dx, dphi, dalpha, dbias, dgamma); dx in x's dtype, the rest fp32."""
+    """Backward of docs/SPEC.md. Returns (dx, dphi, dalpha, dbias, dgamma); dx in x's dtype, the rest fp32."""
     return _BackwardPlan(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
                          dh_in, dh_post, dh_res, gamma).run()
 
@@ -536,7 +536,7 @@ def _fwd_config(T: int, n: int, D: int) -> dict:
 
 
 def mhc_forward_pre_triton_optimized(x, phi, alpha, bias, gamma=None, outflag=True):
-    """Forward of SPEC.md (norm_eps = hc_eps = 1e-6).
+    """Forward of docs/SPEC.md (norm_eps = hc_eps = 1e-6).
 
     Returns (h_in, h_post, h_res, inv_rms, h_mix, h_pre); with outflag=False only the
     operator's outputs (h_in, h_post, h_res), without the tensors saved for the backward."""

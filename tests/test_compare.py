@@ -1,4 +1,4 @@
-"""The verdict on both sides of every bound (ERROR-BOUNDS.md, 'check the bound from both sides')."""
+"""The verdict on both sides of every bound (docs/ERROR-BOUNDS.md, 'check the bound from both sides')."""
 import math
 
 import pytest

@@ -4,7 +4,7 @@ Without a GPU (CI): every kernel variant the fuzzer can reach lowers to CUDA sou
 sm_90a, one variant compiles with nvcc (when nvcc is installed), the backend says why it is
 unavailable, and inputs outside its capabilities are refused. With a CUDA device: the
 results against the float64 golden with bounds derived from magnitude companions
-(ERROR-BOUNDS.md), bitwise determinism, and one compile per (n, D, dtype) across token counts.
+(docs/ERROR-BOUNDS.md), bitwise determinism, and one compile per (n, D, dtype) across token counts.
 """
 import dataclasses
 import os
