@@ -17,12 +17,18 @@ REGISTRY = default_registry(entry_points=False)
 EXAMPLES = {"cpu": {"golden": 60, "triton": 8}, "cuda": {}}
 
 
-@pytest.mark.parametrize("name", REGISTRY.names())
-def test_backend_matches_float64_truth(name):
+def runnable(name):
+    """The backend, or a skip with the reason it cannot run on this machine."""
     b = REGISTRY.get(name)
     why = backend_can_run(b, DEVICE)
     if why:
         pytest.skip(f"{name}: {why}")
+    return b
+
+
+@pytest.mark.parametrize("name", REGISTRY.names())
+def test_backend_matches_float64_truth(name):
+    b = runnable(name)
     limits = PROFILES["ci"].limits(DEVICE)
     if DEVICE == "cpu" and name != "golden":      # interpreted kernels: keep cases tiny
         limits = type(limits)(max_elements=512, max_tokens=16, max_D=64)
@@ -39,10 +45,7 @@ def test_backend_matches_float64_truth(name):
 
 @pytest.mark.parametrize("name", REGISTRY.names())
 def test_backend_refuses_what_it_does_not_support(name):
-    b = REGISTRY.get(name)
-    why = backend_can_run(b, DEVICE)
-    if why:
-        pytest.skip(f"{name}: {why}")
+    b = runnable(name)
     outside = unsupported_cases(b.capabilities, DEVICE)
     if outside is None:
         pytest.skip(f"{name} declares no limits")
