@@ -101,3 +101,11 @@ def test_shared_redis_database_replays_failure_first(tmp_path, redis_url):
 def test_without_shared_database_the_search_starts_over(tmp_path):
     first = _fuzz_run(tmp_path, "a", "none", seed=1)
     assert first["first_failure_case"] > 1
+
+
+def test_directory_database_replays_yesterdays_failure_first(tmp_path):
+    db = str(tmp_path / "db")
+    first = _fuzz_run(tmp_path, "day1", db, seed=1)
+    assert first["first_failure_case"] > 1
+    second = _fuzz_run(tmp_path, "day2", db, seed=2)
+    assert second["first_failure_case"] == 1
