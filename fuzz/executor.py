@@ -91,6 +91,7 @@ class SubprocessExecutor:
         try:
             self._conn.recv()
         except EOFError:
+            self._proc.join(10)          # reap it, so that its exit code is known
             code = self._proc.exitcode
             self._kill()
             raise WorkerStartError(f"fuzz worker failed to start ({_describe_exit(code)})") from None
