@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -132,7 +132,6 @@ class Inputs:
     dh_in: torch.Tensor
     dh_post: torch.Tensor
     dh_res: torch.Tensor
-    extra: dict = field(default_factory=dict)
 
     BACKWARD_ARGS = ("x", "phi", "alpha", "bias", "inv_rms", "h_mix", "h_pre", "h_post",
                      "dh_in", "dh_post", "dh_res", "gamma")

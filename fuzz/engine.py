@@ -178,7 +178,6 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
             raise _failure_type(res.signature())(f"{res.signature()}: {res.message}")
 
     fatal = []
-    chunk = 0
     while time.monotonic() < deadline and not (opts.stop_on_first_failure and stats.findings):
         test = given(params=strategy)(prop)
         test = settings(max_examples=opts.chunk_examples, deadline=None, database=opts.database,
@@ -195,7 +194,6 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
             pass   # failures are already recorded; Hypothesis re-raises them at the end
         if fatal:
             raise fatal[0]
-        chunk += 1
     stats.seconds = time.monotonic() - start
     stats.worker_restarts = getattr(executor, "restarts", 0)
     return stats

@@ -44,19 +44,14 @@ def sweep_cases(caps, device: str):
 
 
 def refusal_cases(caps):
-    """One small case just outside each declared limit."""
+    """One small case just outside each declared limit (the first two for n, one per other limit)."""
     from fuzz.cases import CaseParams
-    base = dict(B=1, S=2, n=(caps.n_values or (4,))[0], D=caps.d_multiple * 2, x_dtype=caps.x_dtypes[0])
-    out = []
-    if caps.n_values is not None:
-        out += [("n", CaseParams(**dict(base, n=v))) for v in range(1, 9) if v not in caps.n_values][:2]
-    if caps.d_multiple > 1:
-        out.append(("D multiple", CaseParams(**dict(base, D=caps.d_multiple + 1))))
-    if caps.d_max is not None:
-        out.append(("D max", CaseParams(**dict(base, D=caps.d_max + caps.d_multiple))))
-    out += [("x dtype", CaseParams(**dict(base, x_dtype=d))) for d in ("bf16", "fp16", "fp32") if d not in caps.x_dtypes]
-    if caps.max_tokens is not None and caps.max_tokens < 1 << 20:
-        out.append(("max tokens", CaseParams(**dict(base, S=caps.max_tokens + 1, D=caps.d_multiple))))
+    from fuzz.strategies import outside_limits
+    seen, out = {}, []
+    for limit, fields in outside_limits(caps):
+        seen[limit] = seen.get(limit, 0) + 1
+        if seen[limit] <= (2 if limit in ("n", "x dtype") else 1):
+            out.append((limit, CaseParams(**fields)))
     return out
 
 

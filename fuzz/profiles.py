@@ -37,7 +37,7 @@ def get_profile(name_or_path: str) -> Profile:
     if name_or_path in PROFILES:
         return PROFILES[name_or_path]
     path = Path(name_or_path)
-    if not path.suffix in (".yaml", ".yml") or not path.exists():
+    if path.suffix not in (".yaml", ".yml") or not path.exists():
         raise ProfileError(f"profile {name_or_path!r}: not one of {sorted(PROFILES)} and not a YAML file")
     try:
         doc = yaml.safe_load(path.read_text())

@@ -23,11 +23,8 @@ def pytest_addoption(parser):
 
 
 def _gpu_count() -> int:
-    """Count GPUs without initialising CUDA (CUDA_VISIBLE_DEVICES must be set before that)."""
-    proc = Path("/proc/driver/nvidia/gpus")
-    if proc.is_dir():
-        return len(list(proc.iterdir()))
-    return 0
+    from fuzz.shards import gpu_count_without_cuda_init
+    return gpu_count_without_cuda_init() or 0
 
 
 def pytest_configure(config):

@@ -14,10 +14,17 @@ import time
 from pathlib import Path
 
 
-def gpu_count() -> int:
+def gpu_count_without_cuda_init() -> int | None:
+    """GPUs the driver lists, read without initialising CUDA (CUDA_VISIBLE_DEVICES must be
+    set before that); None where the driver does not list them."""
     proc = Path("/proc/driver/nvidia/gpus")
-    if proc.is_dir():
-        return len(list(proc.iterdir()))
+    return len(list(proc.iterdir())) if proc.is_dir() else None
+
+
+def gpu_count() -> int:
+    found = gpu_count_without_cuda_init()
+    if found is not None:
+        return found
     import torch
     return torch.cuda.device_count()
 

@@ -90,24 +90,27 @@ def cases(draw, caps: Capabilities, limits: Limits = Limits(), seeds=st.integers
     )
 
 
+def outside_limits(caps: Capabilities) -> list:
+    """One small case (as CaseParams fields, no seed) just outside each declared limit,
+    labelled with the limit it breaks. Empty when the backend declares no limits."""
+    base = dict(B=1, S=2, n=(caps.n_values or (4,))[0], D=caps.d_multiple * 2, x_dtype=caps.x_dtypes[0])
+    out = []
+    if caps.n_values is not None:
+        out += [("n", dict(base, n=v)) for v in range(1, 9) if v not in caps.n_values]
+    if caps.d_multiple > 1:
+        out += [("D multiple", dict(base, D=caps.d_multiple + r)) for r in range(1, caps.d_multiple)]
+    if caps.d_max is not None:
+        n_small = min(base["n"], 2) if caps.n_values is None else base["n"]
+        out.append(("D max", dict(base, D=caps.d_max + caps.d_multiple, n=n_small)))
+    out += [("x dtype", dict(base, x_dtype=d)) for d in ("bf16", "fp16", "fp32") if d not in caps.x_dtypes]
+    if caps.max_tokens is not None and caps.max_tokens < 1 << 20:
+        out.append(("max tokens", dict(base, S=caps.max_tokens + 1, D=caps.d_multiple)))
+    return out
+
+
 def unsupported_cases(caps: Capabilities, device: str, seeds=st.integers(0, 2**31 - 1)):
     """Small cases just outside one declared limit (None if the backend declares none)."""
-    options = []
-    base = dict(B=1, S=2, n=(caps.n_values or (4,))[0], D=caps.d_multiple * 2, x_dtype=caps.x_dtypes[0])
-    if caps.n_values is not None:
-        outside = [v for v in range(1, 9) if v not in caps.n_values]
-        if outside:
-            options.append(st.sampled_from(outside).map(lambda v: dict(base, n=v)))
-    if caps.d_multiple > 1:
-        options.append(st.integers(1, caps.d_multiple - 1).map(lambda r: dict(base, D=caps.d_multiple + r)))
-    if caps.d_max is not None:
-        options.append(st.just(dict(base, D=caps.d_max + caps.d_multiple, n=min(base["n"], 2) if
-                                    caps.n_values is None else base["n"])))
-    other_dtypes = [d for d in ("bf16", "fp16", "fp32") if d not in caps.x_dtypes]
-    if other_dtypes:
-        options.append(st.sampled_from(other_dtypes).map(lambda d: dict(base, x_dtype=d)))
-    if caps.max_tokens is not None and caps.max_tokens < 1 << 20:
-        options.append(st.just(dict(base, S=caps.max_tokens + 1, D=caps.d_multiple)))
+    options = [fields for _, fields in outside_limits(caps)]
     if not options:
         return None
-    return st.builds(lambda d, seed: CaseParams(**d, seed=seed), st.one_of(*options), seeds)
+    return st.builds(lambda d, seed: CaseParams(**d, seed=seed), st.sampled_from(options), seeds)
