@@ -123,9 +123,20 @@ def run_case(backend, params: CaseParams, device: str = "cpu", tolerances=None,
              check_determinism: bool | None = None, check_forward: bool = True) -> CaseResult:
     """Run `backend` on `params` and judge it. Never raises for a backend's misbehaviour."""
     t0 = time.perf_counter()
-    tols = tolerances or tolmod.load()
-    caps = backend.capabilities
     res = CaseResult(backend.name, params, device, "pass")
+    _run_and_judge(backend, res, tolerances or tolmod.load(), check_determinism, check_forward)
+    res.seconds = time.perf_counter() - t0
+    res.backend_stats = backend_stats(backend)
+    return res
+
+
+def _run_and_judge(backend, res: CaseResult, tols, check_determinism, check_forward) -> None:
+    """Fill `res` in place; each early return is one failure kind, judged in this order."""
+    params, device, caps = res.params, res.device, backend.capabilities
+
+    def fail(kind, message):
+        res.status, res.kind, res.message = "fail", kind, message
+
     refusal = caps.refusal(device=device, x_dtype=params.x_dtype, n=params.n, D=params.D, T=params.T)
     inp = make_inputs(params, device)
     guards = {}
@@ -139,62 +150,47 @@ def run_case(backend, params: CaseParams, device: str = "cpu", tolerances=None,
         if refusal:
             res.status, res.message = "refused", f"refused as declared ({refusal}): {exc}"
         else:
-            res.status, res.kind = "fail", EXCEPTION
-            res.message = f"raised {type(exc).__name__} on a supported input: {exc}"
-        res.seconds = time.perf_counter() - t0
-        return res
+            fail(EXCEPTION, f"raised {type(exc).__name__} on a supported input: {exc}")
+        return
     except Exception as exc:  # any other error is a failure, supported input or not
-        res.status, res.kind = "fail", EXCEPTION
-        res.message = f"raised {type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=6)
-        res.seconds = time.perf_counter() - t0
-        return res
+        return fail(EXCEPTION, f"raised {type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=6))
     if refusal:
-        res.status, res.kind = "fail", ACCEPTED_UNSUPPORTED
-        res.message = f"computed an input outside its capabilities ({refusal}) instead of refusing it"
-        res.seconds = time.perf_counter() - t0
-        return res
+        return fail(ACCEPTED_UNSUPPORTED,
+                    f"computed an input outside its capabilities ({refusal}) instead of refusing it")
 
-    mutated = _mutated(inp, before)
     overwritten = [f"{k} ({side})" for k, buf in guards.items() if (side := damaged(buf))]
     if overwritten:
-        res.status, res.kind = "fail", OUT_OF_BOUNDS
-        res.message = f"wrote outside its buffers: guard regions changed around {', '.join(overwritten)}"
-        res.seconds = time.perf_counter() - t0
-        return res
+        return fail(OUT_OF_BOUNDS, f"wrote outside its buffers: guard regions changed around {', '.join(overwritten)}")
+    mutated = _mutated(inp, before)
     if mutated:      # judged first: the truth below must see the inputs the backend was given
-        res.status, res.kind = "fail", INPUT_MUTATED
-        res.message = f"modified its input(s): {', '.join(mutated)}"
-        res.seconds = time.perf_counter() - t0
-        return res
+        return fail(INPUT_MUTATED, f"modified its input(s): {', '.join(mutated)}")
+
     ref, mags = truth(inp), magnitudes(inp)
     verdicts, kind = _judge(outputs, params, device, "backward", ref, mags, tols, caps)
     if check_forward and caps.has_forward and not kind:
         try:
             fwd = backend.forward(*inp.forward_args())
-            fv, fkind = _judge(fwd, params, device, "forward", ref, mags, tols, caps)
+            fv, kind = _judge(fwd, params, device, "forward", ref, mags, tols, caps)
             verdicts += fv
-            kind = kind or fkind
         except Exception as exc:
             kind = EXCEPTION
             res.message = f"forward raised {type(exc).__name__}: {exc}"
     res.verdicts = verdicts
     if kind:
-        res.status, res.kind = "fail", kind
         bad = [v for v in verdicts if not v.passed]
-        res.message = res.message or "; ".join(
+        return fail(kind, res.message or "; ".join(
             v.problem or f"{v.component}: worst error/bound {v.worst_ratio:.3g} at {list(v.worst_index)}"
             f" (out {v.out_at_worst:.6g}, truth {v.truth_at_worst:.6g}, bound {v.bound_at_worst:.3g}"
             f"{', %d NaN/Inf mismatches' % v.nonfinite_mismatches if v.nonfinite_mismatches else ''})"
-            for v in bad[:3])
-    elif (caps.deterministic if check_determinism is None else check_determinism):
-        again = backend.backward(*_fresh(inp, before))
+            for v in bad[:3]))
+    if caps.deterministic if check_determinism is None else check_determinism:
+        try:
+            again = backend.backward(*_fresh(inp, before))
+        except Exception as exc:
+            return fail(EXCEPTION, f"second run (determinism check) raised {type(exc).__name__}: {exc}")
         diff = [n for n, a, b in zip(BACKWARD, outputs, again) if not torch.equal(a, b)]
         if diff:
-            res.status, res.kind = "fail", NONDETERMINISTIC
-            res.message = f"declared deterministic, but two runs differ bitwise in {', '.join(diff)}"
-    res.seconds = time.perf_counter() - t0
-    res.backend_stats = backend_stats(backend)
-    return res
+            fail(NONDETERMINISTIC, f"declared deterministic, but two runs differ bitwise in {', '.join(diff)}")
 
 
 def backend_stats(backend) -> dict:
