@@ -20,12 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import impls.tilelang_mhc as tlm  # noqa: E402
 from bench import bench_backward  # noqa: E402
-from impls.golden import mix_width  # noqa: E402
 from impls.registry import default_registry, unavailable_reason  # noqa: E402
 
 
 # (stages, NC, threads, tokens per block, dx_direct, hilo_in, min CTAs/SM): see impls/tilelang_mhc._col_kernel
-K2_VARIANTS = [(2, 128, 256, 32, False, True, 2), (3, 128, 256, 32, False, True, 2)]
+K2_VARIANTS = [(2, 128, 256, 32, False, True, 2), (3, 128, 256, 32, False, True, 2),
+               (2, 128, 128, 32, False, True, 3), (2, 64, 128, 32, False, True, 4)]
 
 
 bench_ms = bench_backward.bench_ms
@@ -33,11 +33,13 @@ bandwidth = bench_backward.measure_bandwidth
 bwd_bytes = bench_backward.bwd_bytes
 
 
-def kernel_bytes(T, n, D, xb, S):
-    g = tlm._geometry(n, D)
-    F, K = g["F"], g["K"]
+def kernel_bytes(plan, xb):
+    """Bytes each TileLang kernel must move, given its own inputs and outputs."""
+    T, n, D, F, S = plan.T, plan.n, plan.D, plan.F, plan.splits
+    K = n * D
+    FP, FR = plan.dmix.shape[1], plan.tokred.shape[1]
     small = T * (1 + F + n + n + n + n * n) * 4
-    out1 = T * (g["FP"] + 1 + g["FR"]) * 4
+    out1 = T * (FP + 1 + FR) * 4
     return {"K1 token": T * K * xb + T * D * xb + small + out1,
             "K2 column": 2 * T * K * xb + T * D * xb + out1 + T * n * 4 + F * K * 4 + K * 4 + S * F * K * 4,
             "K3 reduce": S * F * K * 4 + 2 * F * K * 4 + 2 * K * 4}
@@ -50,29 +52,9 @@ def make_inputs(T, n, D, dtype, seed=0):
 def split_kernels(args, k2=None):
     """The three launches of one backward as separate closures (to time each)."""
     x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma = args
-    B, S_, n, D = x.shape
-    T, F = B * S_, mix_width(n)
-    g = tlm._geometry(n, D, (k2 or tlm.K2_TUNING)[1])
-    k1, k2_, k3 = tlm.get_kernels(n, D, "bf16" if x.dtype == torch.bfloat16 else
-                                 {torch.float16: "fp16", torch.float32: "fp32"}[x.dtype],
-                                 tlm._device_arch(), k2)
-    f32, dev = torch.float32, x.device
-    xf, dhf = x.reshape(T, n, D), dh_in.reshape(T, D)
-    dmix = torch.empty(T, g["FP"], dtype=f32, device=dev)
-    dmh, dml = torch.empty(T, g["FP"], dtype=torch.bfloat16, device=dev), torch.empty(T, g["FP"], dtype=torch.bfloat16, device=dev)
-    coef = torch.empty(T, dtype=f32, device=dev)
-    tokred = torch.empty(T, g["FR"], dtype=f32, device=dev)
-    ns = tlm._num_splits(n, D, T, dev, (k2 or tlm.K2_TUNING)[3])
-    part = torch.empty(ns, F, n * D, dtype=f32, device=dev)
-    tpart = torch.empty(ns, g["FR"], dtype=f32, device=dev)
-    dx = torch.empty_like(xf)
-    dphi, dgamma = torch.empty(F, n * D, dtype=f32, device=dev), torch.empty(n * D, dtype=f32, device=dev)
-    dalpha, dbias = torch.empty(3, dtype=f32, device=dev), torch.empty(F, dtype=f32, device=dev)
-    a1 = (xf, dhf, inv_rms.reshape(T), h_mix.reshape(T, F), h_pre.reshape(T, n), h_post.reshape(T, n),
-          dh_post.reshape(T, n), dh_res.reshape(T, n * n), alpha, dmix, dmh, dml, coef, tokred)
-    a2 = (xf, dhf, dmix, dmh, dml, coef, h_pre.reshape(T, n), tokred, phi, gamma, dx, part, tpart)   # K2 views x as [T, n, D]
-    a3 = (part, tpart, phi, gamma.reshape(-1), dphi, dgamma, dalpha, dbias)
-    return ns, {"K1 token": lambda: k1(*a1), "K2 column": lambda: k2_(*a2), "K3 reduce": lambda: k3(*a3)}, (dx, part)
+    dt = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[x.dtype]
+    plan = tlm._Plan(x, phi, alpha, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma, dt, k2)
+    return plan, {"K1 token": plan.token, "K2 column": plan.column, "K3 reduce": plan.reduce}, (plan.dx, plan.dphi)
 
 
 def main(argv=None):
@@ -116,7 +98,7 @@ def main(argv=None):
             base = None
             for k2 in variants:
                 try:
-                    ns, ks, outs = split_kernels(a, k2)
+                    plan, ks, outs = split_kernels(a, k2)
                     for f in ks.values():
                         f()
                     torch.cuda.synchronize()
@@ -124,7 +106,7 @@ def main(argv=None):
                         base = [o.clone() for o in outs]
                     same_dx = torch.equal(outs[0], base[0])
                     prel = ((outs[1] - base[1]).abs().max() / base[1].abs().max()).item()
-                    kb = kernel_bytes(T, n, D, 2, ns)
+                    kb = kernel_bytes(plan, 2)
                     parts = []
                     for k, f in ks.items():
                         if k2 is not None and k != "K2 column":
@@ -132,7 +114,7 @@ def main(argv=None):
                         ms = bench_ms(f)
                         parts.append(f"{k} {ms:7.3f} ms ({ms / (kb[k] / bw * 1e3):4.2f}x own bytes)")
                     tag = f"K2 (stages, NC, threads)={k2 or tlm.K2_TUNING}"
-                    print(f"    S={ns} {tag} dx same bits={same_dx} part max rel diff={prel:.1e}: " + ", ".join(parts), flush=True)
+                    print(f"    S={plan.splits} {tag} dx same bits={same_dx} dphi max rel diff={prel:.1e}: " + ", ".join(parts), flush=True)
                 except Exception as exc:
                     print(f"    variant {k2}: {type(exc).__name__}: {str(exc)[:300]}")
             del a

@@ -1,7 +1,8 @@
 """TileLang backend of the mHC "pre" backward (docs/SPEC.md), for NVIDIA sm_90 (H100).
 
-Three kernels per call; the token count T = B*S is a dynamic dimension (`T.dynamic`),
-so one compiled set serves every T.
+Three kernels per call. The token count T = B*S and the hidden size D are dynamic
+(`T.dynamic`): K1 is compiled once per (n, x dtype), K2 once per (n, D-class, x dtype) (the
+class fixes its column tile, see d_class), K3 once per n, and each serves every T and D.
 
   K1 `_tok_kernel`    one CTA per token: reads the token's row of x and dh_in once and
                       computes the per-token scalars: dh_pre (the only reduction over D),
@@ -51,32 +52,44 @@ K3_THREADS = 128
 _NC_BASE = {2: 256, 4: 256, 6: 128, 8: 64}   # K2 column tile (one stream); P = FP x NC: 32 regs/thread
 
 
-def _geometry(n: int, D: int, nc: int | None = None, dtype: str | None = None) -> dict:
-    """Static tiling of one (n, D) variant. FP: dh_mix columns padded for the MMAs and FR: the
-    F+3 token terms of dbias/dalpha, both powers of two (TileLang finds no layout / warp
-    partition for [32, 96] fragments or an M=96 MMA)."""
+def d_class(n: int, D: int, dtype: str, nc: int | None = None) -> int:
+    """The D-class of a hidden size: K2's column tile NC, the one compile-time property of D.
+
+    Everything else about D is a runtime value (loop bounds, the rms normaliser, tail masks,
+    TMA descriptors), so one compiled set serves every D of a class: NC = the power of two
+    >= D, clamped to [64, the base tile of n] (fp32 tiles are halved: shared memory).
+    For n=4 bf16 the classes are D <= 64, 65..128 and 129..16384."""
+    base = nc or (min(_NC_BASE[n], 128) if dtype in ("fp32", "float32") else _NC_BASE[n])
+    return max(64, min(base, 1 << (D - 1).bit_length()))
+
+
+def _geometry(n: int, nc: int = 64) -> dict:
+    """Static tiling of one (n, D-class) variant. FP: dh_mix columns padded for the MMAs and
+    FR: the F+3 token terms of dbias/dalpha, both powers of two (TileLang finds no layout /
+    warp partition for [32, 96] fragments or an M=96 MMA). NC: K2's column tile (a partial
+    last tile per stream, D % NC != 0, is zero-filled on load and clipped on store by TMA)."""
     F = mix_width(n)
-    # column tile: >= 64 so that 8 warps can split the MMAs; a partial last tile per stream
-    # (D % NC != 0) is zero-filled on load and clipped on store by TMA
-    base = nc or (min(_NC_BASE[n], 128) if dtype == "float32" else _NC_BASE[n])   # fp32 tiles: smem
-    NC = max(64, min(base, 1 << (D - 1).bit_length()))
     return dict(F=F, FP=max(32, 1 << (F - 1).bit_length()), FR=max(32, 1 << (F + 2).bit_length()),
-                NC=NC, ncb=n * -(-D // NC), K=n * D, BD=1024 if n <= 4 else 512)
+                NC=nc, BD=1024 if n <= 4 else 512)
 
 
 # ----------------------------------------------------------------------------- kernels
 
-def _tok_kernel(n: int, D: int, dtype: str):
-    """K1: per-token scalars. One CTA per token (T CTAs)."""
+def _tok_kernel(n: int, dtype: str):
+    """K1: per-token scalars. One CTA per token (T CTAs); T and D are runtime values."""
     import tilelang.language as T
-    g = _geometry(n, D)
+    g = _geometry(n)
     F, FP, FR, BD = g["F"], g["FP"], g["FR"], g["BD"]
-    nch = (D + BD - 1) // BD
     Tn = T.dynamic("num_tokens")
+    # D = 8 * D8: x and dh_in come as [.., D/8, 8] views, so that the loads vectorize
+    # (16 bytes for 16-bit x) although D is a runtime value
+    D8 = T.dynamic("hidden8")
+    V = 8
+    BV = BD // V
     BF16 = "bfloat16"
 
     @T.prim_func
-    def tok_kernel(x: T.Tensor((Tn, n, D), dtype), dh_in: T.Tensor((Tn, D), dtype),
+    def tok_kernel(x: T.Tensor((Tn, n, D8, V), dtype), dh_in: T.Tensor((Tn, D8, V), dtype),
                    inv_rms: T.Tensor((Tn,), F32), h_mix: T.Tensor((Tn, F), F32),
                    h_pre: T.Tensor((Tn, n), F32), h_post: T.Tensor((Tn, n), F32),
                    dh_post: T.Tensor((Tn, n), F32), dh_res: T.Tensor((Tn, n * n), F32),
@@ -86,15 +99,17 @@ def _tok_kernel(n: int, D: int, dtype: str):
                    tokred: T.Tensor((Tn, FR), F32)):
         with T.Kernel(Tn, threads=K1_THREADS) as t:
             # step 1: dh_pre[i] = sum_d dh_in[d] * x[i, d]  (fp32, per-thread partials + tree)
-            acc = T.alloc_fragment((n, BD), F32)
+            acc = T.alloc_fragment((n, BV, V), F32)
             T.clear(acc)
-            for k in T.serial(nch):
-                for i, j in T.Parallel(n, BD):
-                    acc[i, j] += T.if_then_else(
-                        k * BD + j < D,
-                        T.cast(x[t, i, k * BD + j], F32) * T.cast(dh_in[t, k * BD + j], F32), 0.0)
+            for k in T.serial(T.ceildiv(D8, BV)):
+                for i, j, v in T.Parallel(n, BV, V):
+                    acc[i, j, v] += T.if_then_else(
+                        k * BV + j < D8,
+                        T.cast(x[t, i, k * BV + j, v], F32) * T.cast(dh_in[t, k * BV + j, v], F32), 0.0)
+            acc2 = T.alloc_fragment((n, BV), F32)
+            T.reduce_sum(acc, acc2, dim=2)
             dhp = T.alloc_fragment((n,), F32)
-            T.reduce_sum(acc, dhp, dim=1)
+            T.reduce_sum(acc2, dhp, dim=1)
             dhp_s = T.alloc_shared((n,), F32)
             dm_s = T.alloc_shared((FP,), F32)
             tr_s = T.alloc_shared((FR,), F32)
@@ -129,7 +144,7 @@ def _tok_kernel(n: int, D: int, dtype: str):
                     dinv += gs * h_mix[t, f]
                     dm_s[f] = gs * inv
                     tr_s[f] = gr
-                coef[t] = -dinv * inv * inv * inv / (n * D)
+                coef[t] = -dinv * inv * inv * inv / T.cast(n * V * D8, F32)
             T.sync_threads()
             # rows out (zero padded: K2's MMAs read FP columns); dh_mix also as bf16 hi + lo
             for f in T.Parallel(FP):
@@ -142,7 +157,7 @@ def _tok_kernel(n: int, D: int, dtype: str):
     return tok_kernel
 
 
-def _col_kernel(n: int, D: int, dtype: str, stages: int = 2, nc: int | None = None, threads: int = 256,
+def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256,
                 bt: int = 32, dx_direct: bool = False, hilo_in: bool = False, min_blocks: int = 1):
     """K2: dx and the split partials of P = dh_mix^T @ x. Grid (n*D/NC column blocks, S splits).
 
@@ -153,24 +168,24 @@ def _col_kernel(n: int, D: int, dtype: str, stages: int = 2, nc: int | None = No
     hilo_in: the bf16 hi/lo halves of dh_mix come from K1 (else split here); min_blocks > 1
     asks for that many CTAs per SM (caps the consumer warpgroups' registers)."""
     import tilelang.language as T
-    g = _geometry(n, D, nc, dtype)
+    g = _geometry(n, nc)
     F, FP, FR, NC = g["F"], g["FP"], g["FR"], g["NC"]
-    ncb = g["ncb"]
     BT_ = bt
     BF16 = "bfloat16"
     split_bf16 = dtype == BF16
     Tn = T.dynamic("num_tokens")
     S = T.dynamic("num_splits")
+    D = T.dynamic("hidden")
 
     @T.prim_func
     def col_kernel(x: T.Tensor((Tn, n, D), dtype), dh_in: T.Tensor((Tn, D), dtype),
                    dmix: T.Tensor((Tn, FP), F32), dmix_hi: T.Tensor((Tn, FP), BF16),
                    dmix_lo: T.Tensor((Tn, FP), BF16), coef: T.Tensor((Tn,), F32),
                    h_pre: T.Tensor((Tn, n), F32), tokred: T.Tensor((Tn, FR), F32),
-                   phi: T.Tensor((F, n * D), F32), gamma: T.Tensor((n, D), F32),
-                   dx: T.Tensor((Tn, n, D), dtype), part: T.Tensor((S, F, n * D), F32),
+                   phi: T.Tensor((F, n, D), F32), gamma: T.Tensor((n, D), F32),
+                   dx: T.Tensor((Tn, n, D), dtype), part: T.Tensor((S, F, n, D), F32),
                    tpart: T.Tensor((S, FR), F32)):
-        with T.Kernel(ncb, S, threads=threads) as (bj, bs):
+        with T.Kernel(n * T.ceildiv(D, NC), S, threads=threads) as (bj, bs):
             if min_blocks > 1:
                 T.annotate_min_blocks_per_sm(min_blocks)
                 T.annotate_producer_reg_dealloc(24)
@@ -200,7 +215,7 @@ def _col_kernel(n: int, D: int, dtype: str, stages: int = 2, nc: int | None = No
 
             for c, f in T.Parallel(NC, FP):
                 phiT_s[c, f] = T.if_then_else(f < F and d0 + c < D,
-                                              phi[T.min(f, F - 1), i * D + T.min(d0 + c, D - 1)], 0.0)
+                                              phi[T.min(f, F - 1), i, T.min(d0 + c, D - 1)], 0.0)
             for c in T.Parallel(NC):
                 gam_s[c] = T.if_then_else(d0 + c < D, gamma[i, T.min(d0 + c, D - 1)], 0.0)
             T.clear(P)
@@ -248,7 +263,7 @@ def _col_kernel(n: int, D: int, dtype: str, stages: int = 2, nc: int | None = No
                     T.gemm(dmT, xT, P, transpose_B=True)
             for f, c in T.Parallel(FP, NC):
                 if f < F and d0 + c < D:
-                    part[bs, f, i * D + d0 + c] = P[f, c]
+                    part[bs, f, i, d0 + c] = P[f, c]
             if bj == 0:
                 tsum = T.alloc_fragment((FR,), F32)
                 T.reduce_sum(tacc, tsum, dim=0)
@@ -258,37 +273,38 @@ def _col_kernel(n: int, D: int, dtype: str, stages: int = 2, nc: int | None = No
     return col_kernel
 
 
-def _reduce_kernel(n: int, D: int):
-    """K3: fixed-order sums over the S splits; one thread per flat column, one extra CTA
-    for dbias / dalpha."""
+def _reduce_kernel(n: int):
+    """K3: fixed-order sums over the S splits; one thread per column (grid: column blocks x
+    streams), and one extra CTA for dbias / dalpha."""
     import tilelang.language as T
-    g = _geometry(n, D)
-    F, FR, K = g["F"], g["FR"], g["K"]
-    nblk = (K + K3_THREADS - 1) // K3_THREADS
+    g = _geometry(n)
+    F, FR = g["F"], g["FR"]
     S = T.dynamic("num_splits")
+    D = T.dynamic("hidden")
 
     @T.prim_func
-    def reduce_kernel(part: T.Tensor((S, F, n * D), F32), tpart: T.Tensor((S, FR), F32),
-                      phi: T.Tensor((F, n * D), F32), gamma: T.Tensor((n * D,), F32),
-                      dphi: T.Tensor((F, n * D), F32), dgamma: T.Tensor((n * D,), F32),
+    def reduce_kernel(part: T.Tensor((S, F, n, D), F32), tpart: T.Tensor((S, FR), F32),
+                      phi: T.Tensor((F, n, D), F32), gamma: T.Tensor((n, D), F32),
+                      dphi: T.Tensor((F, n, D), F32), dgamma: T.Tensor((n, D), F32),
                       dalpha: T.Tensor((3,), F32), dbias: T.Tensor((F,), F32)):
-        with T.Kernel(nblk + 1, threads=K3_THREADS) as bx:
+        nblk = T.ceildiv(D, K3_THREADS)
+        with T.Kernel(nblk + 1, n, threads=K3_THREADS) as (bx, i):
             tx = T.get_thread_binding()
             if bx < nblk:
-                col = bx * K3_THREADS + tx
-                if col < K:
+                d = bx * K3_THREADS + tx
+                if d < D:
                     p = T.alloc_local((F,), F32)
                     for f in T.unroll(F):
                         p[f] = 0.0
                     for s in T.serial(S):
                         for f in T.unroll(F):
-                            p[f] += part[s, f, col]
+                            p[f] += part[s, f, i, d]
                     dg = T.alloc_var(F32, init=0.0)
                     for f in T.unroll(F):
-                        dphi[f, col] = p[f] * gamma[col]
-                        dg += phi[f, col] * p[f]
-                    dgamma[col] = dg
-            else:
+                        dphi[f, i, d] = p[f] * gamma[i, d]
+                        dg += phi[f, i, d] * p[f]
+                    dgamma[i, d] = dg
+            elif i == 0:
                 if tx < F + 3:
                     acc = T.alloc_var(F32, init=0.0)
                     for s in T.serial(S):
@@ -303,15 +319,19 @@ def _reduce_kernel(n: int, D: int):
 
 # ----------------------------------------------------------------------------- compile cache
 
-_KERNELS: dict = {}                 # (n, D, x dtype, arch, K2 tuning) -> (k1, k2, k3)
+# A compiled kernel is keyed by what specializes its code; T and D are runtime values:
+#   ("tok", n, dtype)            K1
+#   ("col", n, NC, dtype, k2)    K2, NC = d_class(n, D, dtype), k2 = its tuning
+#   ("reduce", n)                K3
+_KERNELS: dict = {}                 # (arch, key) -> compiled kernel
 _STATS = {"compiles": 0, "compile_seconds": 0.0}
 _LOCK = threading.Lock()
 
 
 def compile_stats() -> dict:
-    """Variants compiled by this process -- one per (n, D, x dtype, arch), each three
-    tilelang.compile calls; a TileLang disk-cache hit still counts, but costs ~0.1 s -- and
-    the wall seconds spent."""
+    """Kernels compiled by this process (tilelang.compile calls; a TileLang disk-cache hit
+    still counts, but costs ~0.1 s instead of seconds) and the wall seconds spent. A process
+    compiles K1 once per (n, dtype), K2 once per (n, D-class, dtype), K3 once per n."""
     return dict(_STATS)
 
 
@@ -335,45 +355,59 @@ def _target(arch: str) -> dict:
 K2_TUNING = (2, None, 256, 32, False, True, 1)
 
 
-def _builders(n: int, D: int, dtype: str, k2=None):
-    """Builders of K1, K2, K3 (each returns a PrimFunc)."""
-    tl_dtype = _TL_DTYPE[dtype]
-    return (lambda: _tok_kernel(n, D, tl_dtype),
-            lambda: _col_kernel(n, D, tl_dtype, *(k2 or K2_TUNING)),
-            lambda: _reduce_kernel(n, D))
+def kernel_keys(n: int, D: int, dtype: str, k2=None) -> tuple:
+    """Cache keys of the three kernels that serve (n, D, x dtype)."""
+    k2 = tuple(k2 or K2_TUNING)
+    return (("tok", n, dtype), ("col", n, d_class(n, D, dtype, k2[1]), dtype, k2), ("reduce", n))
+
+
+def _build(key):
+    """The PrimFunc of one cache key."""
+    kind = key[0]
+    if kind == "tok":
+        return _tok_kernel(key[1], _TL_DTYPE[key[2]])
+    if kind == "col":
+        _, n, nc, dt, k2 = key
+        stages, _nc, threads, bt, dx_direct, hilo_in, min_blocks = k2
+        return _col_kernel(n, nc, _TL_DTYPE[dt], stages, threads, bt, dx_direct, hilo_in, min_blocks)
+    return _reduce_kernel(key[1])
 
 
 def get_kernels(n: int, D: int, dtype: str, arch: str, k2=None):
-    """The three compiled kernels of (n, D, x dtype) for arch; compiled once per process
-    (and loaded from TileLang's disk cache, TILELANG_CACHE_DIR, when compiled before)."""
-    k2 = tuple(k2 or K2_TUNING)
-    key = (n, D, dtype, arch, k2)
+    """(K1, K2, K3) serving (n, D, x dtype) on arch. Each kernel is compiled once per process
+    (loaded from TileLang's disk cache, TILELANG_CACHE_DIR, when compiled before) and shared
+    by every T and every D of its class."""
+    keys = kernel_keys(n, D, dtype, k2)
     with _LOCK:
-        if key in _KERNELS:
-            return _KERNELS[key]
-        import tilelang
-        t0 = time.perf_counter()
-        # nvcc runs in subprocesses: compile the three kernels side by side
-        with ThreadPoolExecutor(3) as pool:
-            kernels = tuple(pool.map(lambda b: tilelang.compile(b(), target=_target(arch)),
-                                     _builders(n, D, dtype, k2)))
-        _STATS["compiles"] += 1
-        _STATS["compile_seconds"] += time.perf_counter() - t0
-        _KERNELS[key] = kernels
-        return kernels
+        missing = [k for k in keys if (arch, k) not in _KERNELS]
+        if missing:
+            import tilelang
+            t0 = time.perf_counter()
+            # nvcc runs in subprocesses: compile side by side
+            with ThreadPoolExecutor(len(missing)) as pool:
+                built = list(pool.map(lambda k: tilelang.compile(_build(k), target=_target(arch)), missing))
+            _STATS["compiles"] += len(missing)
+            _STATS["compile_seconds"] += time.perf_counter() - t0
+            _KERNELS.update({(arch, k): kern for k, kern in zip(missing, built)})
+        return tuple(_KERNELS[(arch, k)] for k in keys)
 
 
-def variants():
-    """(n, D, dtype) of every kernel variant class the fuzzer can reach, a representative D each.
-
-    D is a compile-time constant (one compile per distinct D); what changes the generated
-    code is n, the dtype, and whether D is a multiple of K2's column tile NC and of K1's
-    chunk BD. D=7168 is both (every n, every dtype); D=2576 = 16*161 is neither (partial
-    column tile, guarded K1 tail), once per n with the dtypes rotating, so every dtype meets
-    the tail code too while CPU lowering stays under a minute."""
-    out = [(n, 7168, dt) for n in N_VALUES for dt in X_DTYPES]
-    out += [(n, 2576, X_DTYPES[k % len(X_DTYPES)]) for k, n in enumerate(N_VALUES)]
+def d_classes(n: int, dtype: str) -> dict:
+    """{NC: smallest D of the class} over every D the capabilities admit."""
+    out: dict = {}
+    for D in range(D_MULTIPLE, D_MAX + 1, D_MULTIPLE):
+        out.setdefault(d_class(n, D, dtype), D)
     return out
+
+
+def reachable_kernels() -> list:
+    """Cache key of every kernel the fuzzer can reach: every n, dtype and D-class."""
+    keys: list = []
+    for n in N_VALUES:
+        for dt in X_DTYPES:
+            for D in d_classes(n, dt).values():
+                keys += [k for k in kernel_keys(n, D, dt) if k not in keys]
+    return keys
 
 
 SMEM_LIMIT = 227 * 1024             # sm_90 opt-in shared memory per block
@@ -386,7 +420,7 @@ class Lowered(NamedTuple):
 
 
 def _lower_one(job):
-    """Worker of lower_all_variants: (kind, n, D, dtype, arch) -> (key, Lowered)."""
+    """Worker of lower_kernels: (key, arch) -> (key, Lowered)."""
     try:
         return _lower_one_inner(job)
     except Exception as exc:         # TVM errors do not pickle across processes
@@ -396,56 +430,53 @@ def _lower_one(job):
 def _lower_one_inner(job):
     import tilelang
     from tilelang import tvm
-    kind, n, D, dt, arch = job
-    build = _builders(n, D, dt if dt != "-" else "bf16")[("tok", "col", "reduce").index(kind)]
+    key, arch = job
     tgt = tvm.target.Target(_target(arch))
     with tvm.transform.PassContext(opt_level=3), tgt:   # as tilelang.compile
-        art = tilelang.lower(build(), target=tgt)
+        art = tilelang.lower(_build(key), target=tgt)
     attrs = [f.attrs for f in art.device_mod.functions.values()][0]
     smem = int(attrs.get("dyn_shared_memory_buf", 0)) if "dyn_shared_memory_buf" in attrs else 0
     threads = int(attrs["thread_extent"]["threadIdx.x"])
-    return (kind, n, D, dt), Lowered(str(art.kernel_source), smem, threads)
+    return key, Lowered(str(art.kernel_source), smem, threads)
 
 
-def lower_all_variants(arch: str = "sm_90a", variants_list=None, workers: int | None = None) -> dict:
-    """Every kernel variant lowered for `arch` without a GPU or nvcc:
-    {(kernel, n, D, dtype): Lowered(source, smem_bytes, threads)}. Lowering holds the GIL, so
-    it runs in worker processes (spawned: TVM does not survive fork)."""
+def _pool(workers: int, n_jobs: int):
+    """Worker processes for lowering/compiling: both hold the GIL, and TVM does not survive
+    fork, so spawned processes."""
     import multiprocessing as mp
     import os
-
-    jobs = []
-    for n, D, dt in (variants_list or variants()):
-        jobs += [("tok", n, D, dt, arch), ("col", n, D, dt, arch)]
-        if ("reduce", n, D, "-", arch) not in jobs:
-            jobs.append(("reduce", n, D, "-", arch))
-    workers = workers or min(len(jobs), os.cpu_count() or 1, 8)
-    if workers <= 1:
-        return dict(map(_lower_one, jobs))
     from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    workers = workers or min(n_jobs, os.cpu_count() or 1, 8)
+    return ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn"))
+
+
+def lower_kernels(arch: str = "sm_90a", keys=None, workers: int = 0) -> dict:
+    """Kernels lowered to CUDA source for `arch` without a GPU or nvcc (default: every
+    reachable kernel): {key: Lowered(source, smem_bytes, threads)}."""
+    jobs = [(k, arch) for k in (keys or reachable_kernels())]
+    with _pool(workers, len(jobs)) as pool:
         return dict(pool.map(_lower_one, jobs))
 
 
 def _compile_one(job):
-    n, D, dt, arch, k2 = job
+    key, arch = job
     try:
-        get_kernels(n, D, dt, arch, k2)
+        import tilelang
+        t0 = time.perf_counter()
+        kern = tilelang.compile(_build(key), target=_target(arch))
+        return key, kern.get_kernel_source(), time.perf_counter() - t0
     except Exception as exc:         # TVM errors do not pickle across processes
         raise RuntimeError(f"compiling {job} failed: {type(exc).__name__}: {exc}") from None
-    return job
 
 
-def precompile(keys, arch: str | None = None, workers: int = 8) -> None:
-    """Fill TileLang's disk cache (TILELANG_CACHE_DIR) for (n, D, dtype[, K2 tuning]) keys in
-    worker processes, so that later get_kernels calls, in any process, load instead of compile.
-    arch defaults to the current GPU's."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+def precompile(keys=None, arch: str | None = None, workers: int = 0) -> dict:
+    """Compile kernels with nvcc in worker processes (default: every reachable kernel), which
+    fills TileLang's disk cache (TILELANG_CACHE_DIR) so that get_kernels, in any process,
+    loads instead of compiling. No GPU needed when arch is given. {key: (source, seconds)}."""
     arch = arch or _device_arch()
-    jobs = [(k[0], k[1], k[2], arch, k[3] if len(k) > 3 else None) for k in keys]
-    with ProcessPoolExecutor(max(1, min(workers, len(jobs))), mp_context=mp.get_context("spawn")) as pool:
-        list(pool.map(_compile_one, jobs))
+    jobs = [(k, arch) for k in (keys or reachable_kernels())]
+    with _pool(workers, len(jobs)) as pool:
+        return {k: (src, sec) for k, src, sec in pool.map(_compile_one, jobs)}
 
 
 # ----------------------------------------------------------------------------- host side
@@ -473,10 +504,10 @@ def _ones_gamma(n: int, D: int, device) -> torch.Tensor:
 _NSM: dict = {}
 
 
-def _num_splits(n: int, D: int, T: int, device, bt: int = 32) -> int:
+def _num_splits(n: int, D: int, T: int, device, nc: int, bt: int = 32) -> int:
     """Token splits of K2: enough CTAs for ~8 waves of one CTA per SM, but at least ~8 token
     blocks per split so the [S, F, n*D] partials stay small next to the token traffic."""
-    ncb = _geometry(n, D)["ncb"]
+    ncb = n * -(-D // nc)               # K2's column blocks
     key = str(device)
     if key not in _NSM:
         _NSM[key] = torch.cuda.get_device_properties(device).multi_processor_count
@@ -489,8 +520,8 @@ def _num_splits(n: int, D: int, T: int, device, bt: int = 32) -> int:
 class MHCBackwardTileLang:
     """op = MHCBackwardTileLang(B, S, n, D); dx, dphi, dalpha, dbias, dgamma = op(...).
 
-    B and S only describe the expected shape: the kernels are compiled for (n, D, x dtype)
-    with a dynamic token count, so any B*S works. Inputs are made contiguous (and 16-byte
+    B and S only describe the expected shape: the kernels are compiled for (n, D-class,
+    x dtype) with dynamic token count and hidden size, so any B*S works. Inputs are made contiguous (and 16-byte
     aligned, for TMA) when they are not; small tensors are cast to fp32 if needed."""
 
     def __init__(self, B: int, S: int, n: int, D: int):
@@ -511,46 +542,71 @@ class MHCBackwardTileLang:
             raise UnsupportedInputError(f"tilelang: needs CUDA tensors, got x on {x.device}")
         if dh_in.dtype != x.dtype:
             raise UnsupportedInputError(f"tilelang: dh_in dtype {dh_in.dtype} must equal x dtype {x.dtype}")
-        F = mix_width(n)
-        Tn = B * S
-        dev = x.device
-        f32 = torch.float32
-        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        dphi = torch.empty(F, n * D, dtype=f32, device=dev)
-        dgamma = torch.empty(n, D, dtype=f32, device=dev)
-        dalpha = torch.empty(3, dtype=f32, device=dev)
-        dbias = torch.empty(F, dtype=f32, device=dev)
-        if Tn == 0:                       # empty launch grids are invalid in CUDA
-            for t in (dphi, dgamma, dalpha, dbias):
-                t.zero_()
-            return dx, dphi, dalpha, dbias, dgamma
+        return _Plan(x, phi, alpha, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma, dt).run()
 
-        k1, k2, k3 = get_kernels(n, D, dt, _device_arch(dev))
-        g = _geometry(n, D)
-        xf = _aligned(x).view(Tn, n, D)
-        dhf = _aligned(dh_in).view(Tn, D)
-        phif = _aligned(phi, f32)
-        gam = _ones_gamma(n, D, dev) if gamma is None else _aligned(gamma, f32).view(n, D)
+
+class _Plan:
+    """Buffers and launches of one backward call; one method per kernel (bench/ times them
+    one by one), run() launches the three in order. k2: K2 tuning (default K2_TUNING)."""
+
+    def __init__(self, x, phi, alpha, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma,
+                 dt: str, k2=None):
+        B, S, n, D = x.shape
+        F, Tn, dev, f32 = mix_width(n), B * S, x.device, torch.float32
+        self.k2_tuning = tuple(k2 or K2_TUNING)
+        self.T, self.n, self.D, self.F = Tn, n, D, F
+        self.dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        self.dphi = torch.empty(F, n * D, dtype=f32, device=dev)
+        self.dgamma = torch.empty(n, D, dtype=f32, device=dev)
+        self.dalpha = torch.empty(3, dtype=f32, device=dev)
+        self.dbias = torch.empty(F, dtype=f32, device=dev)
+        if Tn == 0:
+            return
+        self.kernels = get_kernels(n, D, dt, _device_arch(dev), self.k2_tuning)
+        self.nc = d_class(n, D, dt, self.k2_tuning[1])
+        g = _geometry(n, self.nc)
+        self.x = _aligned(x).view(Tn, n, D)
+        self.dh_in = _aligned(dh_in).view(Tn, D)
+        self.phi = _aligned(phi, f32).view(F, n, D)
+        self.gamma = _ones_gamma(n, D, dev) if gamma is None else _aligned(gamma, f32).view(n, D)
         small = [_aligned(t, f32) for t in (inv_rms, h_mix, h_pre, h_post, dh_post, dh_res)]
-        inv_f, hmix_f, hpre_f, hpost_f, dpost_f, dres_f = (
+        self.inv, self.hmix, self.hpre, self.hpost, self.dpost, self.dres = (
             small[0].view(Tn), small[1].view(Tn, F), small[2].view(Tn, n), small[3].view(Tn, n),
             small[4].view(Tn, n), small[5].view(Tn, n * n))
-        alpha_f = _aligned(alpha, f32)
+        self.alpha = _aligned(alpha, f32)
+        self.dmix = torch.empty(Tn, g["FP"], dtype=f32, device=dev)
+        self.dmix_hi = torch.empty(Tn, g["FP"], dtype=torch.bfloat16, device=dev)
+        self.dmix_lo = torch.empty_like(self.dmix_hi)
+        self.coef = torch.empty(Tn, dtype=f32, device=dev)
+        self.tokred = torch.empty(Tn, g["FR"], dtype=f32, device=dev)
+        self.splits = _num_splits(n, D, Tn, dev, self.nc, self.k2_tuning[3])
+        self.part = torch.empty(self.splits, F, n, D, dtype=f32, device=dev)
+        self.tpart = torch.empty(self.splits, g["FR"], dtype=f32, device=dev)
 
-        dmix = torch.empty(Tn, g["FP"], dtype=f32, device=dev)
-        dmix_hi = torch.empty(Tn, g["FP"], dtype=torch.bfloat16, device=dev)
-        dmix_lo = torch.empty_like(dmix_hi)
-        coef = torch.empty(Tn, dtype=f32, device=dev)
-        tokred = torch.empty(Tn, g["FR"], dtype=f32, device=dev)
-        k1(xf, dhf, inv_f, hmix_f, hpre_f, hpost_f, dpost_f, dres_f, alpha_f, dmix, dmix_hi, dmix_lo, coef, tokred)
+    def token(self):
+        Tn, n, D = self.T, self.n, self.D
+        self.kernels[0](self.x.view(Tn, n, D // 8, 8), self.dh_in.view(Tn, D // 8, 8), self.inv, self.hmix,
+                        self.hpre, self.hpost, self.dpost, self.dres, self.alpha, self.dmix, self.dmix_hi,
+                        self.dmix_lo, self.coef, self.tokred)
 
-        ns = _num_splits(n, D, Tn, dev, K2_TUNING[3])
-        part = torch.empty(ns, F, n * D, dtype=f32, device=dev)
-        tpart = torch.empty(ns, g["FR"], dtype=f32, device=dev)
-        k2(xf, dhf, dmix, dmix_hi, dmix_lo, coef, hpre_f, tokred, phif, gam, dx.view(Tn, n, D), part, tpart)
+    def column(self):
+        self.kernels[1](self.x, self.dh_in, self.dmix, self.dmix_hi, self.dmix_lo, self.coef, self.hpre,
+                        self.tokred, self.phi, self.gamma, self.dx.view(self.T, self.n, self.D), self.part,
+                        self.tpart)
 
-        k3(part, tpart, phif, gam.view(n * D), dphi, dgamma.view(n * D), dalpha, dbias)
-        return dx, dphi, dalpha, dbias, dgamma
+    def reduce(self):
+        self.kernels[2](self.part, self.tpart, self.phi, self.gamma, self.dphi.view(self.F, self.n, self.D),
+                        self.dgamma, self.dalpha, self.dbias)
+
+    def run(self):
+        if self.T == 0:                   # empty launch grids are invalid in CUDA
+            for t in (self.dphi, self.dgamma, self.dalpha, self.dbias):
+                t.zero_()
+        else:
+            self.token()
+            self.column()
+            self.reduce()
+        return self.dx, self.dphi, self.dalpha, self.dbias, self.dgamma
 
 
 def _shape_refusal(n: int, D: int) -> str | None:
@@ -570,7 +626,7 @@ CAPABILITIES = Capabilities(
     has_forward=False,
     notes=("TileLang 0.1.15, sm_90a; 3 kernels: per-token scalars, column-blocked dx (TF32 MMA "
            "dh_mix @ phi) + split partials of dh_mix^T x (bf16 hi+lo MMAs for bf16 x, else TF32), "
-           "fixed-order reduce; compiled once per (n, D, x dtype) for every token count; "
+           "fixed-order reduce; compiled once per (n, D-class, x dtype) for every T and D; "
            "no float atomics; non-contiguous or misaligned inputs are copied"),
 )
 

@@ -153,8 +153,11 @@ if triton is not None:
                        T, S, D, sxb, sxs, sxn, sdb, sds,
                        N: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
                        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                       DOT_PREC: tl.constexpr, PREFETCH: tl.constexpr):
-        """dx = dh_mix @ (phi*gamma) + coef*x + h_pre*dh_in for all n streams of one tile."""
+                       DOT_PREC: tl.constexpr, PREFETCH: tl.constexpr,
+                       XEV: tl.constexpr, PEV: tl.constexpr, SCM: tl.constexpr):
+        """dx = dh_mix @ (phi*gamma) + coef*x + h_pre*dh_in for all n streams of one tile.
+        XEV/PEV/SCM: cache policies of the streamed tensors (x, dh_in), of the reused ones
+        (phi*gamma, dh_mix) and of the dx stores; "" = default (see _bwd_config's stream2)."""
         pid_d = tl.program_id(0)
         pid_t = tl.program_id(1)
         t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -168,26 +171,31 @@ if triton is not None:
         fmask = f < F
         m2 = tmask[:, None] & dmask[None, :]
         # per-token data shared by the n streams: read once per program
-        dmix = tl.load(dmix_ptr + t[:, None] * F + f[None, :], mask=tmask[:, None] & fmask[None, :], other=0.0)
+        dmix = tl.load(dmix_ptr + t[:, None] * F + f[None, :], mask=tmask[:, None] & fmask[None, :], other=0.0,
+                       eviction_policy=PEV)
         coef = tl.load(coef_ptr + t, mask=tmask, other=0.0)
-        dh = tl.load(dhin_ptr + drow[:, None] + d[None, :], mask=m2, other=0.0).to(tl.float32)
+        dh = tl.load(dhin_ptr + drow[:, None] + d[None, :], mask=m2, other=0.0, eviction_policy=XEV).to(tl.float32)
         K = N * D
         xrow_i = xrow                       # int64 offset of stream i (loop vars may be python ints)
-        xv = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2, other=0.0)
+        xv = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2, other=0.0, eviction_policy=XEV)
         for i in range(N):
             col = i * D + d
             xrow_i += sxn
             if PREFETCH:  # next stream's x in flight while this one is computed (latency hiding)
-                x_next = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2 & (i + 1 < N), other=0.0)
-            phig = tl.load(phig_ptr + f[:, None] * K + col[None, :], mask=fmask[:, None] & dmask[None, :], other=0.0)
+                x_next = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2 & (i + 1 < N), other=0.0,
+                                 eviction_policy=XEV)
+            phig = tl.load(phig_ptr + f[:, None] * K + col[None, :], mask=fmask[:, None] & dmask[None, :], other=0.0,
+                           eviction_policy=PEV)
             hp = tl.load(hpre_ptr + t * N + i, mask=tmask, other=0.0)
             base = coef[:, None] * xv.to(tl.float32) + hp[:, None] * dh          # 8-9. inv_rms and h_in terms
             dxv = tl.dot(dmix, phig, acc=base, input_precision=DOT_PREC)          # 5, 10. + dh_mix @ (phi*gamma)
-            tl.store(dx_ptr + t64[:, None] * K + col[None, :], dxv.to(dx_ptr.dtype.element_ty), mask=m2)
+            tl.store(dx_ptr + t64[:, None] * K + col[None, :], dxv.to(dx_ptr.dtype.element_ty), mask=m2,
+                     cache_modifier=SCM)
             if PREFETCH:
                 xv = x_next
             else:
-                xv = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2 & (i + 1 < N), other=0.0)
+                xv = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2 & (i + 1 < N), other=0.0,
+                             eviction_policy=XEV)
 
     # ------------------------------------------------------------------ backward (3)
     @triton.jit
@@ -412,7 +420,10 @@ BWD_OVERRIDES: dict = {}
 
 def _bwd_config(T: int, n: int, D: int) -> dict:
     # Defaults: the fastest of the variants timed by bench/bench_backward.py --tune on an H100
-    # (T=32768, n=4, D=7168, bf16); the clamps only shrink tiles for small T or D.
+    # (T=32768, n=4, D=7168, bf16); the clamps only shrink tiles for small T or D. Measured there:
+    # dx 2.18 ms with streaming cache hints (stream2) vs 2.29 without; 32x128 tiles 2.43,
+    # 64x32 2.46; all n streams in one [bt2, n*bd2] tile (one wide dot) 3.1-6.1 ms, so not kept.
+    # dphi 0.69 ms with 32x256 tiles vs 0.75 with 32x128 (more splits: dgamma +10 us).
     FP = _p2(mix_width(n), 16)
     bt1 = 16 if INTERPRET else 4
     bt2 = min(128, _p2(T, 16))
@@ -420,9 +431,9 @@ def _bwd_config(T: int, n: int, D: int) -> dict:
         # (1) token kernel: <= 1024 programs (grid-stride), so kernel (4) sums <= 1024 rows
         bt1=bt1, bd1=min(_p2(D), max(64, 1024 // _p2(n, 2))), g1_max=4 if INTERPRET else 1024, warps1=4,
         # (2) dx: [bt2 tokens, bd2 hidden] tiles, all n streams per program, next x tile prefetched
-        bt2=bt2, bd2=min(32, _p2(D, 16)), warps2=8 if bt2 >= 128 else 4, stages2=1, prefetch2=True,
+        bt2=bt2, bd2=min(32, _p2(D, 16)), warps2=8 if bt2 >= 128 else 4, stages2=1, prefetch2=True, stream2=True,
         # (3) dphi partials: ~2048 programs, <= 64 token splits, >= 512 tokens per split
-        bt3=min(32, _p2(T, 16)), bd3=min(128, _p2(D, 16)), warps3=8, stages3=4, programs3=2048,
+        bt3=min(32, _p2(T, 16)), bd3=min(256, _p2(D, 16)), warps3=8, stages3=3, programs3=2048,
         min_tokens3=512,
         # (4) finalize: bs4 token splits per load
         bk4=max(16, 2048 // FP), bs4=4, warps4=4,
@@ -485,11 +496,14 @@ class _BackwardPlan:
 
     def dx_(self):
         c = self.cfg
-        _bwd_dx_kernel[(triton.cdiv(self.D, c["bd2"]), triton.cdiv(self.T, c["bt2"]))](
-            self.x, self.dh_in, self.phig, self.dmix, self.coef, self.hpre, self.dx,
-            self.T, self.S, self.D, *self.sx, *self.sd,
-            N=self.n, F=self.F, FP=self.FP, BLOCK_T=c["bt2"], BLOCK_D=c["bd2"],
-            DOT_PREC=DOT_PRECISION, PREFETCH=c["prefetch2"], num_warps=c["warps2"], num_stages=c["stages2"])
+        grid = (triton.cdiv(self.D, c["bd2"]), triton.cdiv(self.T, c["bt2"]))
+        args = (self.x, self.dh_in, self.phig, self.dmix, self.coef, self.hpre, self.dx,
+                self.T, self.S, self.D, *self.sx, *self.sd)
+        # x, dh_in and dx are touched once: evict-first / streaming keeps phi*gamma and dh_mix in L2
+        hints = dict(XEV="evict_first", PEV="evict_last", SCM=".cs") if c["stream2"] else dict(XEV="", PEV="", SCM="")
+        _bwd_dx_kernel[grid](*args, N=self.n, F=self.F, FP=self.FP, BLOCK_T=c["bt2"], BLOCK_D=c["bd2"],
+                             DOT_PREC=DOT_PRECISION, PREFETCH=c["prefetch2"], num_warps=c["warps2"],
+                             num_stages=c["stages2"], **hints)
 
     def dphi_(self):
         c = self.cfg

@@ -101,7 +101,7 @@ def test_killed_run_leaves_only_complete_reports(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "fuzz.cli", "run", "--backend", "d_tail_dropped,dbias_res_twice",
                              "--plugin", "tests.mutants:d_tail_dropped", "--plugin", "tests.mutants:dbias_res_twice",
                              "--budget", "120s", "--profile", "ci", "--out", tmp_path / "out", "--reports", reports,
-                             "--db", "none", "--no-isolate"], cwd=ROOT, env=ENV,
+                             "--db", "none", "--no-isolate", "--device", "cpu"], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not iter_reports(reports) and time.monotonic() < deadline:

@@ -1,10 +1,11 @@
 """The TileLang backend (impls/tilelang_mhc.py).
 
-Without a GPU (CI): every kernel variant the fuzzer can reach lowers to CUDA source for
-sm_90a, one variant compiles with nvcc (when nvcc is installed), the backend says why it is
-unavailable, and inputs outside its capabilities are refused. With a CUDA device: the
-results against the float64 golden with bounds derived from magnitude companions
-(docs/ERROR-BOUNDS.md), bitwise determinism, and one compile per (n, D, dtype) across token counts.
+Without a GPU (CI): every kernel the fuzzer can reach lowers to CUDA source for sm_90a and
+compiles with nvcc (when nvcc is installed), one compile per kernel and D-class in a process,
+the backend says why it is unavailable, and inputs outside its capabilities are refused.
+With a CUDA device: the results against the float64 golden with bounds derived from magnitude
+companions (docs/ERROR-BOUNDS.md), bitwise determinism, and one compile per (n, D-class,
+dtype) across token counts and hidden sizes.
 """
 import dataclasses
 import os
@@ -29,29 +30,58 @@ requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 
 # ------------------------------------------------------------------ CPU: build and contract
 
-def test_every_variant_lowers_for_sm90a():
-    src = tlm.lower_all_variants("sm_90a")
-    expected = {(k, n, D, dt) for n, D, dt in tlm.variants() for k in ("tok", "col")}
-    expected |= {("reduce", n, D, "-") for n, D, _ in tlm.variants()}
-    assert set(src) == expected
+def test_every_reachable_kernel_lowers_for_sm90a():
+    keys = tlm.reachable_kernels()
+    # K1 per (n, dtype), K3 per n, K2 per (n, D-class, dtype): D itself is a runtime value
+    assert len({k for k in keys if k[0] == "tok"}) == len(tlm.N_VALUES) * len(tlm.X_DTYPES)
+    assert len({k for k in keys if k[0] == "reduce"}) == len(tlm.N_VALUES)
+    assert len(keys) <= 48
+    src = tlm.lower_kernels("sm_90a")
+    assert set(src) == set(keys)
     for key, low in src.items():
         assert "__global__" in low.source, key
         assert low.smem_bytes <= tlm.SMEM_LIMIT, (key, low.smem_bytes)     # else the launch fails
         assert low.threads <= 1024, key
-    # the column kernel streams its tiles with TMA on sm_90a (bulk async copies)
-    assert "tma_load" in src[("col", 4, 7168, "bf16")].source
+        if key[0] == "col":          # K2 streams its tiles with TMA on sm_90a (bulk async copies)
+            assert "tma_load" in low.source and "tma_store" in low.source, key
+        if key[0] == "tok":          # K1 reads x and dh_in in 16-byte (or wider) vectors
+            assert "*(uint4*)(x +" in low.source or "*(float4*)(x +" in low.source, key
+
+
+def test_d_classes_cover_every_admitted_hidden_size():
+    for n in tlm.N_VALUES:
+        for dt in tlm.X_DTYPES:
+            classes = tlm.d_classes(n, dt)
+            assert 1 <= len(classes) <= 3, (n, dt, classes)
+            for D in (16, 48, 64, 80, 128, 144, 2576, 7168, 16384):
+                assert tlm.d_class(n, D, dt) in classes
+                assert tlm.kernel_keys(n, D, dt) == tlm.kernel_keys(n, classes[tlm.d_class(n, D, dt)], dt)
+    assert tlm.d_class(4, 2560, "bf16") == tlm.d_class(4, 7168, "bf16") == 256
+    assert tlm.d_class(4, 80, "bf16") == 128 and tlm.d_class(4, 48, "bf16") == 64
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
-def test_one_variant_compiles_with_nvcc():
-    before = tlm.compile_stats()
+def test_every_reachable_kernel_compiles_with_nvcc():
+    built = tlm.precompile(arch="sm_90a")           # worker processes; fills TileLang's disk cache
+    assert set(built) == set(tlm.reachable_kernels())
+    for key, (source, seconds) in built.items():
+        assert "__global__" in source and seconds > 0, key
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+def test_one_compile_per_kernel_and_d_class_in_process():
+    before = tlm.compile_stats()["compiles"]
     k1, k2, k3 = tlm.get_kernels(4, 64, "bf16", "sm_90a")
     for k in (k1, k2, k3):
         assert "__global__" in k.get_kernel_source()
-    after = tlm.compile_stats()
-    assert after["compiles"] - before["compiles"] in (0, 1)      # 0: compiled earlier in this process
-    assert tlm.get_kernels(4, 64, "bf16", "sm_90a") == (k1, k2, k3)   # in-process cache
-    assert tlm.compile_stats()["compiles"] == after["compiles"]
+    first = tlm.compile_stats()["compiles"] - before
+    assert first <= 3                                  # fewer if an earlier test compiled K1/K3
+    for D in (16, 48, 64):                             # the same D-class: nothing new
+        assert tlm.get_kernels(4, D, "bf16", "sm_90a") == (k1, k2, k3)
+    assert tlm.compile_stats()["compiles"] - before == first
+    o1, o2, o3 = tlm.get_kernels(4, 96, "bf16", "sm_90a")   # next class: only K2 is new
+    assert (o1, o3) == (k1, k3) and o2 is not k2
+    assert tlm.compile_stats()["compiles"] - before == first + 1
 
 
 def test_registry_contract():
@@ -202,13 +232,16 @@ def test_bitwise_deterministic_and_layout_independent():
 
 
 @requires_cuda
-def test_one_compile_per_variant_across_token_counts():
-    n, D = 4, 80                      # a variant no other test compiles
+def test_one_compile_per_d_class_across_token_counts_and_hidden_sizes():
+    n = 6                             # n=6 fp16: no other GPU test compiles its kernels
     before = tlm.compile_stats()["compiles"]
-    for T in (1, 37, 1000, 4097):
-        args = _args(1, T, n, D, torch.bfloat16, "cuda", seed=T)
-        tlm.backend.backward(*args)
-    assert tlm.compile_stats()["compiles"] - before == 1      # its three kernels, compiled once
+    for T, D in ((1, 80), (37, 128), (1000, 96), (4097, 112), (5, 80)):   # one D-class (NC=128)
+        args = _args(1, T, n, D, torch.float16, "cuda", seed=T)
+        out = tlm.backend.backward(*args)
+        ref, tol = _truth_and_bounds(args, 2.0 ** -11)
+        err = (out[0].double().cpu() - ref[0]).abs()
+        assert (err <= tol["dx"]).all(), (T, D)        # one kernel, right for every D it serves
+    assert tlm.compile_stats()["compiles"] - before <= 3      # K1, K2, K3: compiled once
 
 
 @requires_cuda
