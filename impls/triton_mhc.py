@@ -12,7 +12,7 @@ Backward, four kernels (x = [T, n, D] with T = B*S tokens, K = n*D, F = n*n + 2n
   (4) _bwd_dgamma_kernel   fixed-order sum of the partials P = sum_s P_s, then
                            dphi = P * gamma and dgamma = sum_F phi * P
                            (= sum_tokens vecX * (dh_mix @ phi): the same sum, reordered), and, in
-                           its last program, the fixed-order sum of kernel (1)'s dalpha/dbias partials.
+                           its first program, the fixed-order sum of kernel (1)'s dalpha/dbias partials.
 No float atomics anywhere, no autotuner, and every reduction has a fixed order chosen from the
 shape alone: dphi, dgamma, dalpha and dbias are bitwise reproducible run to run.
 Extra memory: dh_mix/coef O(T*F), phi*gamma O(F*K), partials <= 64*F*K fp32.
@@ -149,15 +149,22 @@ if triton is not None:
 
     # ------------------------------------------------------------------ backward (2)
     @triton.jit
+    def _tf32_round(a):
+        """a rounded to TF32 (10 significand bits, to nearest, ties away from zero)."""
+        return ((a.to(tl.int32, bitcast=True) + 0x1000) & -8192).to(tl.float32, bitcast=True)
+
+    @triton.jit
     def _bwd_dx_kernel(x_ptr, dhin_ptr, phig_ptr, dmix_ptr, coef_ptr, hpre_ptr, dx_ptr,
                        T, S, D, sxb, sxs, sxn, sdb, sds,
                        N: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
                        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
                        DOT_PREC: tl.constexpr, PREFETCH: tl.constexpr,
-                       XEV: tl.constexpr, PEV: tl.constexpr, SCM: tl.constexpr):
+                       XEV: tl.constexpr, PEV: tl.constexpr, SCM: tl.constexpr, SPLIT_ONCE: tl.constexpr):
         """dx = dh_mix @ (phi*gamma) + coef*x + h_pre*dh_in for all n streams of one tile.
         XEV/PEV/SCM: cache policies of the streamed tensors (x, dh_in), of the reused ones
-        (phi*gamma, dh_mix) and of the dx stores; "" = default (see _bwd_config's stream2)."""
+        (phi*gamma, dh_mix) and of the dx stores; "" = default (see _bwd_config's stream2).
+        SPLIT_ONCE (tf32x3 only): dh_mix is split into TF32 hi + lo once per program, not once
+        per stream inside each tl.dot; the three TF32 products are the same as tf32x3's."""
         pid_d = tl.program_id(0)
         pid_t = tl.program_id(1)
         t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -175,6 +182,9 @@ if triton is not None:
                        eviction_policy=PEV)
         coef = tl.load(coef_ptr + t, mask=tmask, other=0.0)
         dh = tl.load(dhin_ptr + drow[:, None] + d[None, :], mask=m2, other=0.0, eviction_policy=XEV).to(tl.float32)
+        if SPLIT_ONCE:
+            dm_hi = _tf32_round(dmix)
+            dm_lo = _tf32_round(dmix - dm_hi)
         K = N * D
         xrow_i = xrow                       # int64 offset of stream i (loop vars may be python ints)
         xv = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2, other=0.0, eviction_policy=XEV)
@@ -188,7 +198,14 @@ if triton is not None:
                            eviction_policy=PEV)
             hp = tl.load(hpre_ptr + t * N + i, mask=tmask, other=0.0)
             base = coef[:, None] * xv.to(tl.float32) + hp[:, None] * dh          # 8-9. inv_rms and h_in terms
-            dxv = tl.dot(dmix, phig, acc=base, input_precision=DOT_PREC)          # 5, 10. + dh_mix @ (phi*gamma)
+            if SPLIT_ONCE:                                                       # 5, 10. + dh_mix @ (phi*gamma)
+                pg_hi = _tf32_round(phig)
+                pg_lo = _tf32_round(phig - pg_hi)
+                dxv = tl.dot(dm_lo, pg_hi, acc=base, input_precision="tf32")     # small terms first
+                dxv = tl.dot(dm_hi, pg_lo, acc=dxv, input_precision="tf32")
+                dxv = tl.dot(dm_hi, pg_hi, acc=dxv, input_precision="tf32")
+            else:
+                dxv = tl.dot(dmix, phig, acc=base, input_precision=DOT_PREC)
             tl.store(dx_ptr + t64[:, None] * K + col[None, :], dxv.to(dx_ptr.dtype.element_ty), mask=m2,
                      cache_modifier=SCM)
             if PREFETCH:
@@ -254,9 +271,10 @@ if triton is not None:
                            BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
                            HAS_GAMMA: tl.constexpr):
         pid = tl.program_id(0)
-        nkb = tl.cdiv(K, BLOCK_K)
-        if pid < nkb:
-            k = pid * BLOCK_K + tl.arange(0, BLOCK_K)
+        # program 0 sums kernel (1)'s partial rows (the longest serial loop): first, so that it
+        # runs beside the column blocks instead of after them
+        if pid > 0:
+            k = (pid - 1) * BLOCK_K + tl.arange(0, BLOCK_K)
             kmask = k < K
             f = tl.arange(0, FP)
             m = (f < F)[:, None] & kmask[None, :]
@@ -276,7 +294,7 @@ if triton is not None:
                 acc = acc * tl.load(gamma_ptr + k, mask=kmask, other=0.0)[None, :]
             tl.store(dphi_ptr + off, acc, mask=m)                             # 5. dphi
         else:
-            # last program: dalpha [3] and dbias [F] from kernel (1)'s G1 partial rows
+            # program 0: dalpha [3] and dbias [F] from kernel (1)'s G1 partial rows
             r = tl.arange(0, BLOCK_R)
             w = tl.arange(0, WP)
             racc = tl.zeros([BLOCK_R, WP], tl.float32)
@@ -421,8 +439,10 @@ BWD_OVERRIDES: dict = {}
 def _bwd_config(T: int, n: int, D: int) -> dict:
     # Defaults: the fastest of the variants timed by bench/bench_backward.py --tune on an H100
     # (T=32768, n=4, D=7168, bf16); the clamps only shrink tiles for small T or D. Measured there:
-    # dx 2.18 ms with streaming cache hints (stream2) vs 2.29 without; 32x128 tiles 2.43,
-    # 64x32 2.46; all n streams in one [bt2, n*bd2] tile (one wide dot) 3.1-6.1 ms, so not kept.
+    # dx 2.18 ms with streaming cache hints (stream2) vs 2.29 without, 2.10 when dh_mix is split
+    # into TF32 hi + lo once per program (split2) rather than inside each stream's tl.dot;
+    # 32x128 tiles 2.43, 64x32 2.46; all n streams in one [bt2, n*bd2] tile (one wide dot)
+    # 3.1-6.1 ms, so not kept. dgamma: program 0 first, 32-35 us whatever the tile (1.7-1.8x).
     # dphi 0.69 ms with 32x256 tiles vs 0.75 with 32x128 (more splits: dgamma +10 us).
     FP = _p2(mix_width(n), 16)
     bt1 = 16 if INTERPRET else 4
@@ -432,6 +452,7 @@ def _bwd_config(T: int, n: int, D: int) -> dict:
         bt1=bt1, bd1=min(_p2(D), max(64, 1024 // _p2(n, 2))), g1_max=4 if INTERPRET else 1024, warps1=4,
         # (2) dx: [bt2 tokens, bd2 hidden] tiles, all n streams per program, next x tile prefetched
         bt2=bt2, bd2=min(32, _p2(D, 16)), warps2=8 if bt2 >= 128 else 4, stages2=1, prefetch2=True, stream2=True,
+        split2=True,
         # (3) dphi partials: ~2048 programs, <= 64 token splits, >= 512 tokens per split
         bt3=min(32, _p2(T, 16)), bd3=min(256, _p2(D, 16)), warps3=8, stages3=3, programs3=2048,
         min_tokens3=512,
@@ -503,7 +524,8 @@ class _BackwardPlan:
         hints = dict(XEV="evict_first", PEV="evict_last", SCM=".cs") if c["stream2"] else dict(XEV="", PEV="", SCM="")
         _bwd_dx_kernel[grid](*args, N=self.n, F=self.F, FP=self.FP, BLOCK_T=c["bt2"], BLOCK_D=c["bd2"],
                              DOT_PREC=DOT_PRECISION, PREFETCH=c["prefetch2"], num_warps=c["warps2"],
-                             num_stages=c["stages2"], **hints)
+                             num_stages=c["stages2"], SPLIT_ONCE=c["split2"] and DOT_PRECISION == "tf32x3",
+                             **hints)
 
     def dphi_(self):
         c = self.cfg

@@ -166,7 +166,7 @@ COMPILE_SCRIPT = textwrap.dedent("""
     kernels = [
         (tm._bwd_token_kernel, dict(N=n, F=F, W=F + 3, NP=4, NNP=16, BLOCK_T=4, BLOCK_D=256, HC_EPS=1e-6), 8),
         (tm._bwd_dx_kernel, dict(N=n, F=F, FP=FP, BLOCK_T=64, BLOCK_D=32, DOT_PREC="tf32x3", PREFETCH=True,
-                                   XEV="evict_first", PEV="evict_last", SCM=".cs"), 4),
+                                   XEV="evict_first", PEV="evict_last", SCM=".cs", SPLIT_ONCE=True), 4),
         (tm._bwd_dphi_kernel, dict(N=n, F=F, FP=FP, BLOCK_T=64, BLOCK_D=128, SPLIT_BF16=True, INTERP=False,
                                    DOT_PREC="tf32x3"), 4),
         (tm._bwd_dgamma_kernel, dict(F=F, FP=FP, W=F + 3, WP=32, BLOCK_K=32, BLOCK_S=8, BLOCK_R=128,
