@@ -24,7 +24,10 @@ No float atomics anywhere: results are bitwise reproducible for a given (shape, 
 No [T, n*D] fp32 intermediate: beyond the outputs, O(T*F) per-token values and S x [F, n*D].
 x and dh_in are read twice from memory (K1 and K2): dh_pre needs a token's whole row before
 any of its dx can be written, while dphi needs column ownership to keep its accumulators on
-chip; one pass would need grid-wide synchronisation between the two.
+chip; one pass would need grid-wide synchronisation between the two. That second read puts
+this design's floor at 1.56x the backward's memory roofline (6.58 GB moved instead of 4.23 at
+T=32768, n=4, D=7168, bf16); measured on an H100: K1 1.11x and K2 1.58x their own bytes,
+3.13 ms in all = 2.23x the roofline.
 
 tilelang is imported lazily: this module imports without tilelang and without CUDA.
 """
