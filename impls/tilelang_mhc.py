@@ -566,7 +566,7 @@ class _Plan:
         if Tn == 0:
             return
         self.kernels = get_kernels(n, D, dt, _device_arch(dev), self.k2_tuning)
-        self.nc = d_class(n, D, dt, self.k2_tuning[1])
+        self.nc = kernel_keys(n, D, dt, self.k2_tuning)[1][2]     # K2's column tile (its D-class)
         g = _geometry(n, self.nc)
         self.x = _aligned(x).view(Tn, n, D)
         self.dh_in = _aligned(dh_in).view(Tn, D)

@@ -61,6 +61,11 @@ def _p2(v: int, lo: int = 1) -> int:
 
 if triton is not None:
 
+    @triton.jit
+    def _row_offset(t64, S, stride_b, stride_s):
+        """Element offset of flat token t = b*S + s in a tensor with any batch/sequence strides."""
+        return (t64 // S) * stride_b + (t64 % S) * stride_s
+
     # ------------------------------------------------------------------ backward (1)
     @triton.jit
     def _bwd_token_kernel(x_ptr, dhin_ptr, hmix_ptr, hpre_ptr, hpost_ptr, dhpost_ptr, dhres_ptr,
@@ -93,8 +98,8 @@ if triton is not None:
             t = tb * BLOCK_T + offs_t
             tmask = t < T
             t64 = t.to(tl.int64)
-            xrow = (t64 // S) * sxb + (t64 % S) * sxs    # any B/S strides; inner stride is 1
-            drow = (t64 // S) * sdb + (t64 % S) * sds
+            xrow = _row_offset(t64, S, sxb, sxs)    # any B/S strides; inner stride is 1
+            drow = _row_offset(t64, S, sdb, sds)
             # 1. dh_pre = sum_D dh_in * x, one read of x and dh_in, fp32 accumulation
             acc = tl.zeros([BLOCK_T, NP, BLOCK_D], tl.float32)
             for d0 in range(0, D, BLOCK_D):
@@ -170,8 +175,8 @@ if triton is not None:
         t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
         tmask = t < T
         t64 = t.to(tl.int64)
-        xrow = (t64 // S) * sxb + (t64 % S) * sxs
-        drow = (t64 // S) * sdb + (t64 % S) * sds
+        xrow = _row_offset(t64, S, sxb, sxs)
+        drow = _row_offset(t64, S, sdb, sds)
         d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         dmask = d < D
         f = tl.arange(0, FP)
@@ -236,7 +241,7 @@ if triton is not None:
             t = t0 + offs_t
             tmask = t < t_end
             t64 = t.to(tl.int64)
-            xrow = (t64 // S) * sxb + (t64 % S) * sxs
+            xrow = _row_offset(t64, S, sxb, sxs)
             xv = tl.load(x_ptr + xrow[:, None] + i.to(tl.int64) * sxn + d[None, :],
                          mask=tmask[:, None] & dmask[None, :], other=0.0)
             dm = tl.load(dmix_ptr + t[:, None] * F + f[None, :], mask=tmask[:, None] & fmask[None, :], other=0.0)
@@ -318,7 +323,7 @@ if triton is not None:
         t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
         tmask = t < T
         t64 = t.to(tl.int64)
-        xrow = (t64 // S) * sxb + (t64 % S) * sxs
+        xrow = _row_offset(t64, S, sxb, sxs)
         f = tl.arange(0, FP)
         fmask = f < F
         offs_d = tl.arange(0, BLOCK_D)
@@ -389,7 +394,7 @@ if triton is not None:
         t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
         tmask = t < T
         t64 = t.to(tl.int64)
-        xrow = (t64 // S) * sxb + (t64 % S) * sxs
+        xrow = _row_offset(t64, S, sxb, sxs)
         d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
         m2 = tmask[:, None] & (d < D)[None, :]
         acc = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
