@@ -281,15 +281,16 @@ def run_check(args):
 TUNE = {
     "token": [dict(bt1=4, bd1=256, warps1=4), dict(bt1=2, bd1=512, warps1=4), dict(bt1=8, bd1=256, warps1=8),
               dict(bt1=1, bd1=1024, warps1=4)],
-    "dx": [dict(bt2=128, bd2=32, warps2=8, stream2=False), dict(bt2=128, bd2=32, warps2=8, stream2=True),
-           dict(bt2=32, bd2=128, warps2=4), dict(bt2=64, bd2=32, warps2=4), dict(bt2=64, bd2=64, warps2=4),
-           dict(bt2=16, bd2=256, warps2=4), dict(bt2=128, bd2=32, warps2=8, prefetch2=False),
-           dict(bt2=128, bd2=32, warps2=8, split2=True), dict(bt2=64, bd2=32, warps2=4, split2=True),
-           dict(bt2=128, bd2=32, warps2=4, split2=True)],
+    "dx": [dict(bt2=128, bd2=32, warps2=8), dict(bt2=128, bd2=32, warps2=8, stream2=False),
+           dict(bt2=32, bd2=128, warps2=4), dict(bt2=32, bd2=128, warps2=4, stream2=False),
+           dict(bt2=32, bd2=128, warps2=8), dict(bt2=32, bd2=256, warps2=8), dict(bt2=16, bd2=256, warps2=4),
+           dict(bt2=64, bd2=128, warps2=8), dict(bt2=64, bd2=64, warps2=4), dict(bt2=32, bd2=64, warps2=4),
+           dict(bt2=32, bd2=128, warps2=4, prefetch2=False), dict(bt2=32, bd2=128, warps2=4, stages2=2)],
     "dphi": [dict(bt3=32, bd3=256, warps3=8, stages3=3), dict(bt3=32, bd3=128, warps3=4, stages3=4),
              dict(bt3=64, bd3=128, warps3=8, stages3=3)],
-    "dgamma": [dict(bk4=64, bs4=4, warps4=4), dict(bk4=32, bs4=4, warps4=2), dict(bk4=16, bs4=8, warps4=4),
-               dict(bk4=128, bs4=2, warps4=4)],
+    "dgamma": [dict(bk4=64, bs4=4, warps4=4), dict(bk4=32, bs4=4, warps4=2), dict(bk4=32, bs4=4, warps4=4),
+               dict(bk4=32, bs4=4, warps4=2, stages4=1), dict(bk4=64, bs4=4, warps4=4, stages4=1),
+               dict(bk4=32, bs4=2, warps4=2, stages4=4), dict(bk4=16, bs4=8, warps4=2), dict(bk4=128, bs4=2, warps4=4)],
     "forward": [dict(bt=64, bd=64, warps=4, stages=3), dict(bt=128, bd=64, warps=8, stages=3),
                 dict(bt=128, bd=32, warps=4, stages=4)],
 }
@@ -302,9 +303,9 @@ def run_tune(args, bw):
     T, D, n = args.tune_shape
     bwd_args, fwd_args = make_inputs(T, n, D, dtype)
     results = []
-    prec0 = tm.DOT_PRECISION
+    prec0 = tm.DOT_PRECISION, tm.DX16_DOT_PRECISION
     for prec in args.tune_prec:
-        tm.DOT_PRECISION = prec
+        tm.DOT_PRECISION = tm.DX16_DOT_PRECISION = prec
         for kernel, variants in TUNE.items():
             if args.tune_kernels and kernel not in args.tune_kernels:
                 continue
@@ -333,17 +334,16 @@ def run_tune(args, bw):
                 print(f"tune T={T} D={D} {kernel:<7} {prec:<7} {str(v):<70} {ms:8.3f} ms  {ms / bound:5.2f}x bound")
     tm.BWD_OVERRIDES.clear()
     tm.FWD_OVERRIDES.clear()
-    tm.DOT_PRECISION = prec0
-    if args.tune_apply:  # keep the fastest variant of each kernel for what follows (fp32-level precisions only)
+    tm.DOT_PRECISION, tm.DX16_DOT_PRECISION = prec0
+    if args.tune_apply:  # keep the fastest variant of each kernel for what follows, at the declared precisions
+        x16 = dtype in (torch.bfloat16, torch.float16)
         for kernel in TUNE:
-            cands = [r for r in results if r["kernel"] == kernel and r["prec"] in ("tf32x3", "ieee")]
-            if not cands:
-                continue
-            best = min(cands, key=lambda r: r["ms"])
-            (tm.FWD_OVERRIDES if kernel == "forward" else tm.BWD_OVERRIDES).update(best["cfg"])
-            if kernel == "dx":
-                tm.DOT_PRECISION = best["prec"]
-        print(f"# applied: DOT_PRECISION={tm.DOT_PRECISION} BWD={tm.BWD_OVERRIDES} FWD={tm.FWD_OVERRIDES}")
+            prec = tm.DX16_DOT_PRECISION if kernel == "dx" and x16 else tm.DOT_PRECISION
+            cands = [r for r in results if r["kernel"] == kernel and r["prec"] == prec]
+            if cands:
+                best = min(cands, key=lambda r: r["ms"])
+                (tm.FWD_OVERRIDES if kernel == "forward" else tm.BWD_OVERRIDES).update(best["cfg"])
+        print(f"# applied: BWD={tm.BWD_OVERRIDES} FWD={tm.FWD_OVERRIDES}")
     return results
 
 
@@ -361,7 +361,8 @@ def main(argv=None):
     ap.add_argument("--check", action="store_true", help="correctness sweep first")
     ap.add_argument("--tune", action="store_true", help="time triton launch-parameter variants")
     ap.add_argument("--tune-shape", type=ints, default=[32768, 7168, 4], help="T,D,n for --tune")
-    ap.add_argument("--tune-prec", type=lambda s: s.split(","), default=["tf32x3", "ieee"])
+    ap.add_argument("--tune-prec", type=lambda s: s.split(","), default=["tf32", "tf32x3"],
+                    help="dot precisions to tune at (non-dx kernels: the first only)")
     ap.add_argument("--tune-kernels", type=lambda s: s.split(","), default=None)
     ap.add_argument("--tune-apply", action="store_true", help="use the fastest variants for --check and the bench")
     ap.add_argument("--no-bench", action="store_true")

@@ -24,8 +24,8 @@ from impls.registry import default_registry, unavailable_reason  # noqa: E402
 
 
 # (stages, NC, threads, tokens per block, dx_direct, hilo_in, min CTAs/SM): see impls/tilelang_mhc._col_kernel
-K2_VARIANTS = [(2, 128, 256, 32, False, True, 2), (3, 128, 256, 32, False, True, 2),
-               (2, 128, 128, 32, False, True, 3), (2, 64, 128, 32, False, True, 4)]
+K2_VARIANTS = [(2, None, 256, 32, False, True, 1), (2, 128, 256, 32, False, True, 2),
+               (3, 128, 256, 32, False, True, 2)]
 
 
 bench_ms = bench_backward.bench_ms
@@ -49,11 +49,16 @@ def make_inputs(T, n, D, dtype, seed=0):
     return bench_backward.make_inputs(T, n, D, dtype, seed)[0]
 
 
-def split_kernels(args, k2=None):
-    """The three launches of one backward as separate closures (to time each)."""
+def split_kernels(args, k2=None, splits=None):
+    """The three launches of one backward as separate closures (to time each); splits:
+    K2's token splits instead of the plan's choice."""
     x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma = args
     dt = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[x.dtype]
     plan = tlm._Plan(x, phi, alpha, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma, dt, k2)
+    if splits:
+        plan.splits = splits
+        plan.part = plan.part.new_empty((splits,) + tuple(plan.part.shape[1:]))
+        plan.tpart = plan.tpart.new_empty((splits,) + tuple(plan.tpart.shape[1:]))
     return plan, {"K1 token": plan.token, "K2 column": plan.column, "K3 reduce": plan.reduce}, (plan.dx, plan.dphi)
 
 
@@ -64,6 +69,9 @@ def main(argv=None):
     ap.add_argument("--dims", type=ints, default=[7168, 2560])
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--variants", action="store_true", help="also time K2 pipeline variants")
+    ap.add_argument("--k2", type=json.loads, default=None,
+                    help="JSON list of K2 tunings to time instead of K2_VARIANTS (implies --variants)")
+    ap.add_argument("--splits", type=ints, default=[], help="also time the default K2 with these token splits")
     ap.add_argument("--no-triton", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -94,11 +102,13 @@ def main(argv=None):
                 line += f" | triton/tilelang {res['triton'] / res['tilelang']:.2f}"
             print(line, flush=True)
             rows.append(dict(T=T, n=n, D=D, roof_ms=roof, **{f"{k}_ms": v for k, v in res.items()}))
-            variants = [None] + (K2_VARIANTS if args.variants and T >= 4096 else [])
+            k2s = [tuple(v) for v in args.k2] if args.k2 else K2_VARIANTS if args.variants else []
+            variants = [(None, None)] + ([(k2, None) for k2 in k2s] if T >= 4096 else [])
+            variants += [(None, s) for s in args.splits]
             base = None
-            for k2 in variants:
+            for k2, splits in variants:
                 try:
-                    plan, ks, outs = split_kernels(a, k2)
+                    plan, ks, outs = split_kernels(a, k2, splits)
                     for f in ks.values():
                         f()
                     torch.cuda.synchronize()
@@ -109,7 +119,7 @@ def main(argv=None):
                     kb = kernel_bytes(plan, 2)
                     parts = []
                     for k, f in ks.items():
-                        if k2 is not None and k != "K2 column":
+                        if (k2 is not None or splits) and k != "K2 column":
                             continue
                         ms = bench_ms(f)
                         parts.append(f"{k} {ms:7.3f} ms ({ms / (kb[k] / bw * 1e3):4.2f}x own bytes)")

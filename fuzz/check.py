@@ -100,8 +100,8 @@ def _judge(outputs, p: CaseParams, device, direction, ref, mags, tols, caps) -> 
         return [cmp.contract_verdict(direction, f"{direction} returned {got}, expected {len(names)} tensors")], CONTRACT
     verdicts, kind = [], ""
     u_acc = UNIT_ROUNDOFF["fp32"]
-    u_gemm = UNIT_ROUNDOFF[caps.gemm_precision]
     for name, out in zip(names, outputs):
+        u_gemm = UNIT_ROUNDOFF[caps.gemm_precision_of(name, p.x_dtype)]
         shape, dtype = specs[name]
         problem = cmp.contract_problem(name, out, shape, dtype, device)
         if problem:

@@ -87,7 +87,7 @@ def cmd_backends(args, console) -> int:
             d += f", <= {c.d_max}"
         t.add_row(name, reg.sources[name], status, ",".join(c.devices), ",".join(c.x_dtypes),
                   "any" if c.n_values is None else ",".join(map(str, c.n_values)), d,
-                  str(c.max_tokens or "any"), "yes" if c.deterministic else "no", c.gemm_precision)
+                  str(c.max_tokens or "any"), "yes" if c.deterministic else "no", c.gemm_summary())
     console.print(t)
     for source, msg in reg.errors.items():
         console.print(f"[red]error:[/] {msg}")

@@ -90,7 +90,7 @@ def run(args, console) -> int:
     line("contract", True, f"name {name!r}, backward takes the 12 arguments, capabilities valid: "
          f"devices {caps.devices}, dtypes {caps.x_dtypes}, n {caps.n_values or 'any'}, "
          f"D multiple of {caps.d_multiple}{', <= %d' % caps.d_max if caps.d_max else ''}, "
-         f"GEMM {caps.gemm_precision}, {'deterministic' if caps.deterministic else 'not deterministic'}")
+         f"GEMM {caps.gemm_summary()}, {'deterministic' if caps.deterministic else 'not deterministic'}")
     why = backend_can_run(b, device)
     line("available", why is None, why or f"runs on {device}")
     if why:

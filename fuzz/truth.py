@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 
 from impls.golden import HC_EPS, mhc_forward
-
-BACKWARD = ("dx", "dphi", "dalpha", "dbias", "dgamma")
-FORWARD = ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre")
+from impls.registry import BACKWARD_OUTPUTS as BACKWARD
+from impls.registry import FORWARD_OUTPUTS as FORWARD
 
 
 def _f64(t):

@@ -36,6 +36,9 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 # Input precision of matrix products a backend may declare (rounding of the GEMM operands).
 GEMM_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+# What a backend returns, by name (the order of backward() and forward()).
+BACKWARD_OUTPUTS = ("dx", "dphi", "dalpha", "dbias", "dgamma")
+FORWARD_OUTPUTS = ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre")
 DEVICES = ("cpu", "cuda")
 
 
@@ -58,7 +61,9 @@ class Capabilities:
     d_max: int | None = None
     max_tokens: int | None = None                 # largest T = B*S
     deterministic: bool = False                   # bitwise-identical results run to run
-    gemm_precision: str = "fp32"                  # operand precision of its matrix products
+    # operand precision of its matrix products: one for all outputs, or per output as a mapping
+    # {"default": p, "<output>": p, "<output>:<x dtype>": p} (most specific key wins)
+    gemm_precision: str | dict = "fp32"
     has_forward: bool = False
     notes: str = ""
 
@@ -77,8 +82,7 @@ class Capabilities:
             v = getattr(self, key)
             if v is not None and (not isinstance(v, int) or v < 1):
                 problems.append(f"{key} must be None or a positive int, got {v!r}")
-        if self.gemm_precision not in GEMM_PRECISIONS:
-            problems.append(f"gemm_precision must be one of {GEMM_PRECISIONS}, got {self.gemm_precision!r}")
+        problems += _gemm_precision_problems(self.gemm_precision)
         if problems:
             raise BackendContractError("invalid capabilities: " + "; ".join(problems))
 
@@ -98,8 +102,40 @@ class Capabilities:
             return f"T={T} > {self.max_tokens}"
         return None
 
+    def gemm_precision_of(self, output: str, x_dtype: str) -> str:
+        """The declared GEMM operand precision on the path into `output` for x of `x_dtype`."""
+        p = self.gemm_precision
+        if isinstance(p, str):
+            return p
+        return p.get(f"{output}:{x_dtype}", p.get(output, p.get("default", "fp32")))
+
+    def gemm_summary(self) -> str:
+        """One line for tables: "fp32", or "tf32 for dx:bf16, dx:fp16; else fp32"."""
+        p = self.gemm_precision
+        if isinstance(p, str):
+            return p
+        rest = ", ".join(f"{k}={v}" for k, v in p.items() if k != "default")
+        return f"{rest}; else {p.get('default', 'fp32')}" if rest else p.get("default", "fp32")
+
     def describe(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _gemm_precision_problems(p) -> list:
+    if isinstance(p, str):
+        return [] if p in GEMM_PRECISIONS else [f"gemm_precision must be one of {GEMM_PRECISIONS}, got {p!r}"]
+    if not isinstance(p, dict):
+        return [f"gemm_precision must be a string or a dict, got {type(p).__name__}"]
+    problems = []
+    outputs = BACKWARD_OUTPUTS + FORWARD_OUTPUTS
+    for key, value in p.items():
+        out, _, dt = str(key).partition(":")
+        if key != "default" and (out not in outputs or (dt and dt not in DTYPES)):
+            problems.append(f"gemm_precision key {key!r} is not 'default', an output name {outputs} "
+                            f"or '<output>:<x dtype>' with a dtype of {tuple(DTYPES)}")
+        if value not in GEMM_PRECISIONS:
+            problems.append(f"gemm_precision[{key!r}] must be one of {GEMM_PRECISIONS}, got {value!r}")
+    return problems
 
 
 def check_inputs(capabilities: Capabilities, backend_name: str, x: torch.Tensor) -> None:

@@ -352,10 +352,13 @@ def _target(arch: str) -> dict:
 # the pipeline (a TMA producer warpgroup + mbarriers); its cp.async alternative
 # (TL_DISABLE_WARP_SPECIALIZED) fails to lower in 0.1.15 with this dynamic trip count
 # ("Downcast from tirx.Sub to ir.IntImm"). Measured on the H100, K2 at T=32768, n=4,
-# D=7168 bf16 (bench/bench_tilelang.py --variants): this setting 2.18 ms; dx stored from
-# registers 2.86; hi/lo split in K2 2.36; 64-token blocks 2.43-2.65; NC=128 with 2 CTAs/SM
-# 2.07 (bitwise-equal outputs, but validated at n=4 bf16 only, so not the default).
-K2_TUNING = (2, None, 256, 32, False, True, 1)
+# D=7168 bf16 (bench/bench_tilelang.py --variants): this setting (3 stages) 2.18 ms, 2 stages 2.20-2.24;
+# dx stored from registers 2.86; hi/lo split in K2 2.36; 64-token blocks 2.43-2.65; NC=128
+# with 2 CTAs/SM 2.34 (2.07 when D was static); P accumulated transposed, [NC, FP] (warpgroup
+# MMAs for the two bf16 products) 2.22-2.32; 5, 20, 33 token splits instead of 10: 2.43,
+# 2.20, 2.30. ncu: K2 is bound by the L1/shared-memory pipe (80% busy, DRAM 58%): per
+# 32-token block the MMAs re-read phi and x from shared memory ~5x the block's DRAM bytes.
+K2_TUNING = (3, None, 256, 32, False, True, 1)
 
 
 def kernel_keys(n: int, D: int, dtype: str, k2=None) -> tuple:

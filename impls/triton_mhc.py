@@ -27,6 +27,11 @@ Precision of the matrix products (DOT_PRECISION, env MHC_TRITON_DOT, read at imp
     "tf32x3" (default: three TF32 products, operand error ~2^-21, fp32-level; declared as
     gemm_precision="fp32" and checked by fuzz/ against fp32 bounds), "ieee" (exact fp32 FMA,
     slower) or "tf32" (one TF32 product, declared as gemm_precision="tf32").
+  * dx's dh_mix @ (phi*gamma) when x is bf16/fp16 (DX16_DOT_PRECISION, env MHC_TRITON_DX16_DOT):
+    "tf32" by default, declared for dx:bf16 and dx:fp16 only. dx is stored in 16 bits, so
+    TF32's 2^-11 operand rounding sits below its own output rounding (bf16: 2^-8), and the
+    single product makes kernel (2) 2.09 -> 1.74 ms at T=32768, n=4, D=7168 on an H100.
+    fp32 x keeps DOT_PRECISION for dx.
   Under TRITON_INTERPRET=1 every tl.dot runs on fp32 operands (bf16 tl.dot is wrong there).
 """
 from __future__ import annotations
@@ -42,6 +47,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DOT_PRECISION = os.environ.get("MHC_TRITON_DOT", "tf32x3")
 if DOT_PRECISION not in ("tf32x3", "ieee", "tf32"):
     raise ValueError(f"MHC_TRITON_DOT must be tf32x3, ieee or tf32, got {DOT_PRECISION!r}")
+DX16_DOT_PRECISION = os.environ.get("MHC_TRITON_DX16_DOT", "tf32")
+if DX16_DOT_PRECISION not in ("tf32x3", "ieee", "tf32"):
+    raise ValueError(f"MHC_TRITON_DX16_DOT must be tf32x3, ieee or tf32, got {DX16_DOT_PRECISION!r}")
 N_MAX = 8  # n in 1..8: F <= 80 keeps the padded mix width (FP) at <= 128
 
 try:
@@ -441,28 +449,33 @@ def _xy_strides(x: torch.Tensor):
 BWD_OVERRIDES: dict = {}
 
 
-def _bwd_config(T: int, n: int, D: int) -> dict:
+def _bwd_config(T: int, n: int, D: int, dx_prec: str = "tf32x3") -> dict:
     # Defaults: the fastest of the variants timed by bench/bench_backward.py --tune on an H100
     # (T=32768, n=4, D=7168, bf16); the clamps only shrink tiles for small T or D. Measured there:
     # dx 2.18 ms with streaming cache hints (stream2) vs 2.29 without, 2.10 when dh_mix is split
     # into TF32 hi + lo once per program (split2) rather than inside each stream's tl.dot;
     # 32x128 tiles 2.43, 64x32 2.46; all n streams in one [bt2, n*bd2] tile (one wide dot)
-    # 3.1-6.1 ms, so not kept. dgamma: program 0 first, 32-35 us whatever the tile (1.7-1.8x).
+    # 3.1-6.1 ms, so not kept. dgamma: program 0 first, 32-39 us whatever the tile (1.7-2.0x;
+    # 32x4 splits, 2 warps, unpipelined: 32 us), single-wave and latency-limited.
     # dphi 0.69 ms with 32x256 tiles vs 0.75 with 32x128 (more splits: dgamma +10 us).
+    # With one TF32 product (dx_prec "tf32") dx is no longer bound by the three dots' shared
+    # memory traffic and prefers wide tiles without the streaming hints: 32x128 1.71 ms (1.75
+    # with them), 64x64 1.80, 128x32 1.86-1.90, 32x256 2.49; at D=2560 32x128 0.62 vs 0.65-0.69.
     FP = _p2(mix_width(n), 16)
     bt1 = 16 if INTERPRET else 4
-    bt2 = min(128, _p2(T, 16))
+    one_dot = dx_prec == "tf32"
+    bt2 = min(32 if one_dot else 128, _p2(T, 16))
     cfg = dict(
         # (1) token kernel: <= 1024 programs (grid-stride), so kernel (4) sums <= 1024 rows
         bt1=bt1, bd1=min(_p2(D), max(64, 1024 // _p2(n, 2))), g1_max=4 if INTERPRET else 1024, warps1=4,
         # (2) dx: [bt2 tokens, bd2 hidden] tiles, all n streams per program, next x tile prefetched
-        bt2=bt2, bd2=min(32, _p2(D, 16)), warps2=8 if bt2 >= 128 else 4, stages2=1, prefetch2=True, stream2=True,
-        split2=True,
+        bt2=bt2, bd2=min(128 if one_dot else 32, _p2(D, 16)), warps2=8 if bt2 >= 128 else 4, stages2=1,
+        prefetch2=True, stream2=not one_dot, split2=True,
         # (3) dphi partials: ~2048 programs, <= 64 token splits, >= 512 tokens per split
         bt3=min(32, _p2(T, 16)), bd3=min(256, _p2(D, 16)), warps3=8, stages3=3, programs3=2048,
         min_tokens3=512,
         # (4) finalize: bs4 token splits per load
-        bk4=max(16, 2048 // FP), bs4=4, warps4=4,
+        bk4=max(16, 1024 // FP), bs4=4, warps4=2, stages4=1,
     )
     cfg.update(BWD_OVERRIDES)
     return cfg
@@ -494,7 +507,10 @@ class _BackwardPlan:
         self.WP = _p2(self.W, 16)
         self.sx = (self.x.stride(0), self.x.stride(1), self.x.stride(2))
         self.sd = (self.dh_in.stride(0), self.dh_in.stride(1))
-        c = self.cfg = _bwd_config(T, n, D)
+        self.dx_prec = DX16_DOT_PRECISION if x.dtype in (torch.bfloat16, torch.float16) else DOT_PRECISION
+        if DOT_PRECISION == "tf32":
+            self.dx_prec = "tf32"
+        c = self.cfg = _bwd_config(T, n, D, self.dx_prec)
         self.g1 = max(1, min(triton.cdiv(T, c["bt1"]), c["g1_max"]))
         self.col_blocks = n * triton.cdiv(D, c["bd3"])
         nsplit = max(1, min(64, triton.cdiv(c["programs3"], self.col_blocks), triton.cdiv(T, c["min_tokens3"])))
@@ -528,8 +544,8 @@ class _BackwardPlan:
         # x, dh_in and dx are touched once: evict-first / streaming keeps phi*gamma and dh_mix in L2
         hints = dict(XEV="evict_first", PEV="evict_last", SCM=".cs") if c["stream2"] else dict(XEV="", PEV="", SCM="")
         _bwd_dx_kernel[grid](*args, N=self.n, F=self.F, FP=self.FP, BLOCK_T=c["bt2"], BLOCK_D=c["bd2"],
-                             DOT_PREC=DOT_PRECISION, PREFETCH=c["prefetch2"], num_warps=c["warps2"],
-                             num_stages=c["stages2"], SPLIT_ONCE=c["split2"] and DOT_PRECISION == "tf32x3",
+                             DOT_PREC=self.dx_prec, PREFETCH=c["prefetch2"], num_warps=c["warps2"],
+                             num_stages=c["stages2"], SPLIT_ONCE=c["split2"] and self.dx_prec == "tf32x3",
                              **hints)
 
     def dphi_(self):
@@ -547,7 +563,7 @@ class _BackwardPlan:
             self.part3, self.phi, self.gamma, self.dphi, self.dgamma, self.part1, self.dalpha, self.dbias,
             self.K, self.nsplit, self.g1, F=self.F, FP=self.FP, W=self.W, WP=self.WP,
             BLOCK_K=bk4, BLOCK_S=c["bs4"], BLOCK_R=max(1, 4096 // self.WP), HAS_GAMMA=self.has_gamma,
-            num_warps=c["warps4"])
+            num_warps=c["warps4"], num_stages=c["stages4"])
 
     def run(self):
         if self.T == 0:
@@ -624,6 +640,15 @@ def mhc_forward_pre_triton_optimized(x, phi, alpha, bias, gamma=None, outflag=Tr
 
 
 # ---------------------------------------------------------------------- registry
+def _declared_precision():
+    """GEMM operand precision per output, as the fuzzer must judge it."""
+    if DOT_PRECISION == "tf32":
+        return "tf32"
+    if DX16_DOT_PRECISION == "tf32":
+        return {"dx:bf16": "tf32", "dx:fp16": "tf32", "default": "fp32"}
+    return "fp32"
+
+
 class TritonBackend:
     name = "triton"
     capabilities = Capabilities(
@@ -634,9 +659,10 @@ class TritonBackend:
         d_max=1 << 16,           # keeps F*n*D and the partial offsets well inside int32/int64 math
         max_tokens=1 << 20,
         deterministic=True,      # fixed-order two-stage reductions, no atomics
-        gemm_precision="tf32" if DOT_PRECISION == "tf32" else "fp32",
+        gemm_precision=_declared_precision(),
         has_forward=True,
-        notes=f"fp32 x fp32 products: {DOT_PRECISION}; dphi for bf16 x: exact 3-piece bf16 split"
+        notes=f"fp32 x fp32 products: {DOT_PRECISION}; dx for 16-bit x: {DX16_DOT_PRECISION}; "
+              "dphi for bf16 x: exact 3-piece bf16 split"
               + ("; TRITON_INTERPRET=1" if INTERPRET else ""),
     )
 

@@ -130,3 +130,19 @@ def test_tf32_declaration_widens_only_by_the_gemm_term(case):
     extra = btf - b32
     expected = rule.gemm_operands * (UNIT_ROUNDOFF["tf32"] - U32) * mags["dx"]
     assert torch.allclose(extra, expected, rtol=1e-9, atol=1e-30)
+
+
+@pytest.mark.parametrize("declared, passes", [
+    ("fp32", False), ("tf32", True), ({"dphi": "tf32"}, True), ({"dphi:bf16": "tf32"}, True),
+    ({"dx": "tf32", "default": "fp32"}, False), ({"dphi:fp16": "tf32"}, False)])
+def test_gemm_precision_is_judged_per_output(case, declared, passes):
+    """dphi off by twice TF32's operand rounding of its terms: inside the bound only when the
+    declaration gives dphi (for this x dtype) TF32 operands; a TF32 dx says nothing about dphi."""
+    from impls.registry import Capabilities
+    p, inp, ref, mags = case
+    outs = list(golden.backward(*inp.backward_args()))
+    outs[1] = (ref["dphi"] + 2 * UNIT_ROUNDOFF["tf32"] * mags["dphi"]).to(torch.float32)
+    verdicts, kind = _judge(outs, p, "cpu", "backward", ref, mags, TOLS, Capabilities(gemm_precision=declared))
+    dphi = next(v for v in verdicts if v.component == "dphi")
+    assert dphi.passed is passes
+    assert all(v.passed for v in verdicts if v.component != "dphi")

@@ -29,10 +29,25 @@ def test_unknown_backend_name_lists_known():
     (dict(n_values=(0,)), "n_values"),
     (dict(d_multiple=0), "d_multiple"),
     (dict(gemm_precision="fp8"), "gemm_precision"),
+    (dict(gemm_precision={"dx": "fp8"}), "gemm_precision"),
+    (dict(gemm_precision={"dy": "tf32"}), "key 'dy'"),
+    (dict(gemm_precision={"dx:int8": "tf32"}), "key 'dx:int8'"),
+    (dict(gemm_precision=["tf32"]), "string or a dict"),
 ])
 def test_invalid_capabilities_are_refused(caps, match):
     with pytest.raises(BackendContractError, match=match):
         Capabilities(**caps)
+
+
+def test_gemm_precision_per_output():
+    """The most specific key wins: '<output>:<x dtype>', then '<output>', then 'default'."""
+    c = Capabilities(gemm_precision={"dx:bf16": "tf32", "dphi": "bf16", "default": "fp16"})
+    assert c.gemm_precision_of("dx", "bf16") == "tf32"
+    assert c.gemm_precision_of("dx", "fp32") == "fp16"
+    assert c.gemm_precision_of("dphi", "fp32") == "bf16"
+    assert Capabilities(gemm_precision={"dx": "tf32"}).gemm_precision_of("dgamma", "bf16") == "fp32"
+    assert Capabilities(gemm_precision="tf32").gemm_precision_of("dgamma", "bf16") == "tf32"
+    assert c.gemm_summary() == "dx:bf16=tf32, dphi=bf16; else fp16"
 
 
 def test_capability_refusal_reasons():
