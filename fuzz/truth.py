@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from impls.golden import HC_EPS, mhc_forward
-from impls.registry import BACKWARD_OUTPUTS as BACKWARD
+from impls.registry import BACKWARD_OUTPUTS as BACKWARD  # noqa: F401  (re-exported)
 from impls.registry import FORWARD_OUTPUTS as FORWARD
 
 
