@@ -26,8 +26,13 @@ x and dh_in are read twice from memory (K1 and K2): dh_pre needs a token's whole
 any of its dx can be written, while dphi needs column ownership to keep its accumulators on
 chip; one pass would need grid-wide synchronisation between the two. That second read puts
 this design's floor at 1.56x the backward's memory roofline (6.58 GB moved instead of 4.23 at
-T=32768, n=4, D=7168, bf16); measured on an H100: K1 1.11x and K2 1.58x their own bytes,
-3.13 ms in all = 2.23x the roofline.
+T=32768, n=4, D=7168, bf16); measured on an H100: K1 1.11x and K2 1.53x their own bytes,
+3.07 ms in all = 2.19x the roofline. K2 is not DRAM-bound (ncu: DRAM 58%, L1/shared 80%): per
+32-token block its MMAs re-read the phi and x tiles from shared memory several times over.
+Beating 1.56x needs one pass with a per-token-block exchange of the dh_pre partials between
+the CTAs that own a token block's columns (grid-level flags), software-pipelined several
+blocks deep so that the exchange latency hides behind the loads, and a K2 body that reads
+shared memory less (phi fragments kept in registers).
 
 tilelang is imported lazily: this module imports without tilelang and without CUDA.
 """
