@@ -42,11 +42,15 @@ def test_run_finds_mutant_then_replay_fails_until_fixed(tmp_path):
             "--stop-on-first-failure")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "FAIL stream0_only" in r.stdout
-    (path,) = iter_reports(reports)
-    rep = load_report(path)
-    assert rep["failing_components"] == ["dx"]
+    # the run stops after the chunk that found the bug; its shrinking may meet the same bug as
+    # another failure kind (a NaN where the zeroed dx meets an infinite truth): one report each
+    paths = iter_reports(reports)
+    reps = {p: load_report(p) for p in paths}
+    assert paths and all(rep["failing_components"] == ["dx"] for rep in reps.values()), reps
+    path = next((p for p, rep in reps.items() if rep["kind"] == "tolerance"), paths[0])
+    rep = reps[path]
     junit = ET.parse(tmp_path / "out" / "junit.xml").getroot()
-    assert junit.find("testsuite").get("failures") == "1"
+    assert junit.find("testsuite").get("failures") == str(len(paths))
     # the one-line replay command in the report works and still fails
     replay = rep["replay"].split()[2:]
     r2 = cli("replay", *replay)
@@ -102,7 +106,10 @@ def test_killed_run_leaves_only_complete_reports(tmp_path, sig):
                              "--plugin", "tests.mutants:d_tail_dropped", "--plugin", "tests.mutants:dbias_res_twice",
                              "--budget", "120s", "--profile", "ci", "--out", tmp_path / "out", "--reports", reports,
                              "--db", "none", "--no-isolate", "--device", "cpu"], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # a runner started in the background ignores SIGINT, and its children
+                            # inherit that: give the run Ctrl-C's default behaviour
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not iter_reports(reports) and time.monotonic() < deadline:
         time.sleep(0.2)
