@@ -30,7 +30,7 @@ Precision of the matrix products (DOT_PRECISION, env MHC_TRITON_DOT, read at imp
   * dx's dh_mix @ (phi*gamma) when x is bf16/fp16 (DX16_DOT_PRECISION, env MHC_TRITON_DX16_DOT):
     "tf32" by default, declared for dx:bf16 and dx:fp16 only. dx is stored in 16 bits, so
     TF32's 2^-11 operand rounding sits below its own output rounding (bf16: 2^-8), and the
-    single product makes kernel (2) 2.09 -> 1.74 ms at T=32768, n=4, D=7168 on an H100.
+    single product makes kernel (2) 2.09 -> 1.71 ms at T=32768, n=4, D=7168 on an H100.
     fp32 x keeps DOT_PRECISION for dx.
   Under TRITON_INTERPRET=1 every tl.dot runs on fp32 operands (bf16 tl.dot is wrong there).
 """
