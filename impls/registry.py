@@ -110,7 +110,7 @@ class Capabilities:
         return p.get(f"{output}:{x_dtype}", p.get(output, p.get("default", "fp32")))
 
     def gemm_summary(self) -> str:
-        """One line for tables: "fp32", or "tf32 for dx:bf16, dx:fp16; else fp32"."""
+        """One line for tables: "fp32", or "dx:bf16=tf32, dx:fp16=tf32; else fp32"."""
         p = self.gemm_precision
         if isinstance(p, str):
             return p

@@ -456,7 +456,7 @@ def _bwd_config(T: int, n: int, D: int, dx_prec: str = "tf32x3") -> dict:
     # into TF32 hi + lo once per program (split2) rather than inside each stream's tl.dot;
     # 32x128 tiles 2.43, 64x32 2.46; all n streams in one [bt2, n*bd2] tile (one wide dot)
     # 3.1-6.1 ms, so not kept. dgamma: program 0 first, 32-39 us whatever the tile (1.7-2.0x;
-    # 32x4 splits, 2 warps, unpipelined: 32 us), single-wave and latency-limited.
+    # 32 columns x 4 splits per load, 2 warps, unpipelined: 32 us), single-wave and latency-limited.
     # dphi 0.69 ms with 32x256 tiles vs 0.75 with 32x128 (more splits: dgamma +10 us).
     # With one TF32 product (dx_prec "tf32") dx is no longer bound by the three dots' shared
     # memory traffic and prefers wide tiles without the streaming hints: 32x128 1.71 ms (1.75
