@@ -449,6 +449,11 @@ def _xy_strides(x: torch.Tensor):
 BWD_OVERRIDES: dict = {}
 
 
+def _dx_dot_precision(x16: bool) -> str:
+    """Precision of dx's dh_mix @ (phi*gamma) for 16-bit (x16) or fp32 x."""
+    return DX16_DOT_PRECISION if x16 and DOT_PRECISION != "tf32" else DOT_PRECISION
+
+
 def _bwd_config(T: int, n: int, D: int, dx_prec: str = "tf32x3") -> dict:
     # Defaults: the fastest of the variants timed by bench/bench_backward.py --tune on an H100
     # (T=32768, n=4, D=7168, bf16); the clamps only shrink tiles for small T or D. Measured there:
@@ -507,9 +512,7 @@ class _BackwardPlan:
         self.WP = _p2(self.W, 16)
         self.sx = (self.x.stride(0), self.x.stride(1), self.x.stride(2))
         self.sd = (self.dh_in.stride(0), self.dh_in.stride(1))
-        self.dx_prec = DX16_DOT_PRECISION if x.dtype in (torch.bfloat16, torch.float16) else DOT_PRECISION
-        if DOT_PRECISION == "tf32":
-            self.dx_prec = "tf32"
+        self.dx_prec = _dx_dot_precision(x.dtype in (torch.bfloat16, torch.float16))
         c = self.cfg = _bwd_config(T, n, D, self.dx_prec)
         self.g1 = max(1, min(triton.cdiv(T, c["bt1"]), c["g1_max"]))
         self.col_blocks = n * triton.cdiv(D, c["bd3"])
@@ -641,10 +644,11 @@ def mhc_forward_pre_triton_optimized(x, phi, alpha, bias, gamma=None, outflag=Tr
 
 # ---------------------------------------------------------------------- registry
 def _declared_precision():
-    """GEMM operand precision per output, as the fuzzer must judge it."""
+    """GEMM operand precision per output, as the fuzzer must judge it (tf32x3 and ieee are
+    fp32-level)."""
     if DOT_PRECISION == "tf32":
         return "tf32"
-    if DX16_DOT_PRECISION == "tf32":
+    if _dx_dot_precision(True) == "tf32":
         return {"dx:bf16": "tf32", "dx:fp16": "tf32", "default": "fp32"}
     return "fp32"
 
