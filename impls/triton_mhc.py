@@ -460,8 +460,11 @@ def _bwd_config(T: int, n: int, D: int, dx_prec: str = "tf32x3") -> dict:
     # dx 2.18 ms with streaming cache hints (stream2) vs 2.29 without, 2.10 when dh_mix is split
     # into TF32 hi + lo once per program (split2) rather than inside each stream's tl.dot;
     # 32x128 tiles 2.43, 64x32 2.46; all n streams in one [bt2, n*bd2] tile (one wide dot)
-    # 3.1-6.1 ms, so not kept. dgamma: program 0 first, 32-39 us whatever the tile (1.7-2.0x;
-    # 32 columns x 4 splits per load, 2 warps, unpipelined: 32 us), single-wave and latency-limited.
+    # 3.1-6.1 ms, so not kept. dgamma (timed after a read-only L2 flush, bench_backward.flush_l2):
+    # 32 columns x 4 splits per load, 2 warps, unpipelined: 24 us = 1.26x its bytes at D=7168
+    # (phi loaded before the split loop 26, 64 columns 30, 8 splits per load 46-77); with fewer
+    # than ~768 column blocks (D=2560, 4096) 16 columns keep enough loads in flight: 24-26 us
+    # vs 26-32 us with 32.
     # dphi 0.69 ms with 32x256 tiles vs 0.75 with 32x128 (more splits: dgamma +10 us).
     # With one TF32 product (dx_prec "tf32") dx is no longer bound by the three dots' shared
     # memory traffic and prefers wide tiles without the streaming hints: 32x128 1.71 ms (1.75
@@ -470,6 +473,9 @@ def _bwd_config(T: int, n: int, D: int, dx_prec: str = "tf32x3") -> dict:
     bt1 = 16 if INTERPRET else 4
     one_dot = dx_prec == "tf32"
     bt2 = min(32 if one_dot else 128, _p2(T, 16))
+    bk4 = max(16, 1024 // FP)
+    while bk4 > 16 and -(-n * D // bk4) < 768:
+        bk4 //= 2
     cfg = dict(
         # (1) token kernel: <= 1024 programs (grid-stride), so kernel (4) sums <= 1024 rows
         bt1=bt1, bd1=min(_p2(D), max(64, 1024 // _p2(n, 2))), g1_max=4 if INTERPRET else 1024, warps1=4,
@@ -480,7 +486,7 @@ def _bwd_config(T: int, n: int, D: int, dx_prec: str = "tf32x3") -> dict:
         bt3=min(32, _p2(T, 16)), bd3=min(256, _p2(D, 16)), warps3=8, stages3=3, programs3=2048,
         min_tokens3=512,
         # (4) finalize: bs4 token splits per load
-        bk4=max(16, 1024 // FP), bs4=4, warps4=2, stages4=1,
+        bk4=bk4, bs4=4, warps4=2, stages4=1,
     )
     cfg.update(BWD_OVERRIDES)
     return cfg
