@@ -27,12 +27,18 @@ any of its dx can be written, while dphi needs column ownership to keep its accu
 chip; one pass would need grid-wide synchronisation between the two. That second read puts
 this design's floor at 1.56x the backward's memory roofline (6.58 GB moved instead of 4.23 at
 T=32768, n=4, D=7168, bf16); measured on an H100: K1 1.11x and K2 1.53x their own bytes,
-3.07 ms in all = 2.19x the roofline. K2 is not DRAM-bound (ncu: DRAM 58%, L1/shared 80%): per
-32-token block its MMAs re-read the phi and x tiles from shared memory several times over.
-Beating 1.56x needs one pass with a per-token-block exchange of the dh_pre partials between
-the CTAs that own a token block's columns (grid-level flags), software-pipelined several
-blocks deep so that the exchange latency hides behind the loads, and a K2 body that reads
-shared memory less (phi fragments kept in registers).
+3.07 ms in all = 2.19x the roofline. K2 is not DRAM-bound (ncu: DRAM 58%, L1/shared 80%).
+Where its time goes (K2 with one part removed, results wrong, timing only; 2.18 ms whole):
+without the two bf16 P products 2.27 ms, without the TF32 dx product 1.62 ms (1.15x its
+bytes). The [32 tokens x 32] @ [32 x NC] dx product is the costly part (~0.56 ms), although its
+tensor-core work is small: one CTA per SM runs each block's product, epilogue and P products
+back to back, so the product's latency is not hidden behind the next block's loads. Tried and
+slower: every warp owning a column slice of the MMAs (2.47 ms), hi and lo stacked into one
+M=64 bf16 MMA (2.59-3.04), phi held in registers as the A operand of a transposed dx product
+(5.11). Beating 1.56x needs one pass with a per-token-block exchange of the dh_pre partials
+between the CTAs that own a token block's columns (grid-level flags), software-pipelined
+several blocks deep so that the exchange latency hides behind the loads, and a K2 body whose
+dx product overlaps the memory traffic (e.g. two consumer groups working on alternate blocks).
 
 tilelang is imported lazily: this module imports without tilelang and without CUDA.
 """
