@@ -111,6 +111,7 @@ def cmd_run(args, console) -> int:
     from fuzz.executor import InProcessExecutor, SubprocessExecutor, WorkerStartError
     from fuzz.profiles import ProfileError, get_profile
     from fuzz import tolerances as tolmod
+    from fuzz.reports import sweep_reports_dir
 
     budget = parse_budget(args.budget)
     try:
@@ -127,6 +128,9 @@ def cmd_run(args, console) -> int:
     names = _select(reg, args.backend)
     out_dir = _writable_dir(args.out, "--out")
     reports_dir = _writable_dir(args.reports, "--reports")
+    stale = sweep_reports_dir(reports_dir)
+    if stale:
+        console.print(f"removed {stale} unfinished report file(s) left in {reports_dir} by a killed run")
     try:
         db = engine.open_database(args.db)
     except ValueError as exc:

@@ -102,6 +102,30 @@ def _locked(folder: Path):
         os.close(fd)
 
 
+def _remove_stale_temps(folder: Path) -> int:
+    """Delete the temporary files of writers that died between creating and renaming them
+    (SIGKILL, power loss). Call with the folder's lock held: a live writer only has a temporary
+    file while it holds that lock, so every one found then is stale."""
+    n = 0
+    for tmp in folder.glob(".*.json.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            n += 1
+    return n
+
+
+def sweep_reports_dir(reports_dir: str | Path) -> int:
+    """Remove stale temporary files from every backend folder of a reports directory (each
+    under its lock); returns how many. A run calls it first, so a killed run's debris is gone
+    before anything is uploaded or collected."""
+    root = Path(reports_dir)
+    n = 0
+    for folder in (p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
+        with _locked(folder):
+            n += _remove_stale_temps(folder)
+    return n
+
+
 def _atomic_write(path: Path, text: str):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -123,6 +147,7 @@ def write_report(report: dict, reports_dir: str | Path) -> tuple[Path, bool]:
     path = folder / f"{report['id']}.json"
     report = dict(report, replay=report["replay"].replace("{path}", str(path)))
     with _locked(folder):
+        _remove_stale_temps(folder)
         if path.exists():
             try:
                 old = load_report(path)

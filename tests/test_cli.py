@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from conftest import ROOT
-from fuzz.reports import iter_reports, load_report
+from fuzz.reports import iter_reports, load_report, sweep_reports_dir
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
 
@@ -22,9 +22,13 @@ def cli(*args, timeout=600, cwd=ROOT):
 
 def test_run_golden_on_cpu_writes_summaries(tmp_path):
     out = tmp_path / "out"
+    stale = tmp_path / "reports" / "golden" / ".0badc0de.json.k1ll3d.tmp"   # debris of a killed run
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"schema": ')
     r = cli("run", "--backend", "golden", "--budget", "12s", "--profile", "ci", "--out", out,
             "--reports", tmp_path / "reports", "--db", tmp_path / "db")
     assert r.returncode == 0, r.stdout + r.stderr
+    assert not stale.exists() and "removed 1 unfinished report file(s)" in r.stdout
     assert "no CUDA device: running on the CPU" in r.stdout or "cuda" in r.stdout
     doc = json.loads((out / "summary.json").read_text())
     (golden,) = doc["backends"]
@@ -121,6 +125,11 @@ def test_killed_run_leaves_only_complete_reports(tmp_path, sig):
     for f in files:
         load_report(f)                  # every file is complete, valid JSON with all keys
     leftovers = [p for p in reports.rglob("*") if p.is_file() and p.suffix != ".json"]
+    if sig == signal.SIGKILL:   # may die between creating a temporary file and renaming it
+        assert all(p.name.startswith(".") and p.name.endswith(".tmp") for p in leftovers), leftovers
+        assert sweep_reports_dir(reports) == len(leftovers)     # what the next run does first
+        leftovers = [p for p in reports.rglob("*") if p.is_file() and p.suffix != ".json"]
+        assert [load_report(f) for f in iter_reports(reports)]
     assert not leftovers
     if sig != signal.SIGKILL:     # Ctrl-C and SIGTERM end like a short run: partial summary, exit 130
         assert proc.returncode == 130, proc.stdout.read()

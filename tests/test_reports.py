@@ -7,7 +7,8 @@ import pytest
 from fuzz.cases import CaseParams
 from fuzz.check import CaseResult
 from fuzz.compare import Verdict
-from fuzz.reports import ReportError, build_report, iter_reports, load_report, write_report
+from fuzz.reports import (ReportError, _locked, build_report, iter_reports, load_report, sweep_reports_dir,
+                          write_report)
 
 
 def _result(D, backend="bk", comps=("dx",)):
@@ -57,6 +58,44 @@ def test_concurrent_writers_keep_one_complete_smallest_report(tmp_path):
     files = list((tmp_path / "bk").iterdir())
     assert len(files) == 1, files                      # no temp files left behind
     assert load_report(files[0])["params"]["D"] == min(sizes)
+
+
+def test_temp_files_of_killed_writers_are_swept(tmp_path):
+    """A writer killed between creating its temporary file and renaming it (SIGKILL) leaves the
+    temporary behind: the next write into the folder, or a run's sweep, removes it."""
+    folder = tmp_path / "bk"
+    folder.mkdir()
+    stale = [folder / ".0123abcd.json.k1ll3d.tmp", folder / ".fedc.json.x.tmp"]
+    for f in stale:
+        f.write_text('{"half": ')
+    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
+    assert sorted(folder.iterdir()) == [p]
+    stale[0].write_text("{")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".a.json.b.tmp").write_text("")
+    assert sweep_reports_dir(tmp_path) == 2
+    assert sorted(tmp_path.rglob("*.tmp")) == [] and load_report(p)["params"]["D"] == 8
+    assert sweep_reports_dir(tmp_path / "absent") == 0
+
+
+def test_sweep_waits_for_a_live_writer(tmp_path):
+    """A temporary file exists only while its writer holds the folder's lock, so the sweep,
+    which takes the lock, never deletes one that is still being written."""
+    import threading
+    import time
+    folder = tmp_path / "bk"
+    folder.mkdir()
+    tmp = folder / ".r.json.live.tmp"
+    with _locked(folder):
+        tmp.write_text("{}")
+        sweeper = threading.Thread(target=sweep_reports_dir, args=(tmp_path,))
+        sweeper.start()
+        time.sleep(0.3)
+        assert sweeper.is_alive() and tmp.exists()
+        tmp.rename(folder / "r.json")
+    sweeper.join(10)
+    assert not sweeper.is_alive() and (folder / "r.json").exists()
 
 
 @pytest.mark.parametrize("text, problem", [
