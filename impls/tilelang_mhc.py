@@ -367,7 +367,9 @@ def _target(arch: str) -> dict:
 # dx stored from registers 2.86; hi/lo split in K2 2.36; 64-token blocks 2.43-2.65; NC=128
 # with 2 CTAs/SM 2.34 (2.07 when D was static); P accumulated transposed, [NC, FP] (warpgroup
 # MMAs for the two bf16 products) 2.22-2.32; 5, 20, 33 token splits instead of 10: 2.43,
-# 2.20, 2.30; NC=64 with 128 threads and 3 CTAs/SM did not finish within 200 s (not pursued).
+# 2.20, 2.30; one consumer warpgroup (128 threads; 255 registers free) 3.02-3.08 with 2-4
+# stages, and 2.25 with NC=128 and 2 CTAs/SM (this setting 2.23 in that run); NC=64 with 128
+# threads and 3 CTAs/SM did not finish within 200 s (not pursued).
 # ncu: K2 is bound by the L1/shared-memory pipe (80% busy, DRAM 58%): per
 # 32-token block the MMAs re-read phi and x from shared memory ~5x the block's DRAM bytes.
 K2_TUNING = (3, None, 256, 32, False, True, 1)
