@@ -15,7 +15,7 @@ HISTORICAL = ["stream0_only", "dbias_res_twice", "dgamma_no_inv_rms_res"]
 
 @pytest.fixture(scope="module")
 def registry():
-    return default_registry(M.targets(M.CORRECTNESS), entry_points=False)
+    return default_registry(M.targets(M.CORRECTNESS) + ["tests.mutants:tf32_declared"], entry_points=False)
 
 
 def _fuzz(registry, name, tmp_path, budget=20.0, stop=True):
@@ -33,6 +33,15 @@ def test_golden_raises_no_alarm(registry, tmp_path):
     assert max(stats.worst.values()) < 1.0
     assert stats.refused == 0          # golden declares no limits, so nothing is out of bounds
     assert not iter_reports(tmp_path)
+
+
+def test_declared_tf32_raises_no_alarm(registry, tmp_path):
+    """undeclared_tf32's products, declared as TF32: judged by TF32 bounds, a pass (the mutant
+    table shows the same products fail when declared fp32)."""
+    stats = _fuzz(registry, "tf32_declared", tmp_path, budget=10.0, stop=False)
+    assert stats.cases >= 15
+    assert not stats.findings, [f.result.message for f in stats.findings.values()]
+    assert max(stats.worst.values()) < 1.0
 
 
 @pytest.mark.parametrize("name", HISTORICAL)

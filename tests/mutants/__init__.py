@@ -91,7 +91,7 @@ class DgammaNoInvRmsRes(Mutant):
         return out
 
 
-# ---------------------------------------------------------------- ten more kinds of kernel bug
+# ---------------------------------------------------------------- eleven more kinds of kernel bug
 class DTailUnmasked(Mutant):
     name = "d_tail_dropped"
     description = "hidden dim processed in blocks of 16 with the tail block dropped"
@@ -211,6 +211,46 @@ class WrongSign(Mutant):
 
     def bug(self, r, a):
         return _recombine(r, a, dvec_inv=-r["dvec_inv"])
+
+
+def _tf32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 values rounded to TF32 (10 stored significand bits, to nearest even): what a
+    tensor core reads when an fp32 GEMM runs in TF32 mode."""
+    i = t.float().contiguous().view(torch.int32)
+    i = (i + 0x0FFF + ((i >> 13) & 1)) & ~0x1FFF
+    return i.view(torch.float32).reshape(t.shape)
+
+
+def _tf32_products(r, a):
+    """Golden's outputs with both token GEMMs (dh_mix @ phi and dh_mix^T @ x*gamma) on TF32
+    operands, accumulated in fp32."""
+    x = a["x"]
+    B, S, n, D = x.shape
+    dh = _tf32(r["dh_mix"])
+    dvec_mm = dh @ _tf32(a["phi"].float())
+    out = dict(r)
+    out["dx"] = (dvec_mm * r["gamma_flat"] + r["dvec_inv"] + r["dvec_hin"]).reshape(B, S, n, D).to(x.dtype)
+    out["dgamma"] = (r["vec_x"] * dvec_mm).sum((0, 1)).reshape(n, D)
+    out["dphi"] = torch.einsum("bsf,bsk->fk", dh, _tf32(r["xg"]))
+    return out
+
+
+class UndeclaredTF32(Mutant):
+    name = "undeclared_tf32"
+    description = "the token GEMMs run on TF32 tensor cores while the backend declares fp32"
+
+    def bug(self, r, a):
+        return _tf32_products(r, a)
+
+
+class TF32Declared(UndeclaredTF32):
+    """Not a mutant: the same TF32 products, declared. The bounds widen by TF32's unit roundoff,
+    so it must raise no alarm (the control of undeclared_tf32)."""
+    name = "tf32_declared"
+    capabilities = Capabilities(deterministic=True, has_forward=False, gemm_precision="tf32")
+
+
+tf32_declared = TF32Declared()
 
 
 class RacyDoubleCount(Mutant):
@@ -345,7 +385,7 @@ rare_bug = RareBug()
 
 CORRECTNESS = [Stream0Only, DbiasResTwice, DgammaNoInvRmsRes, DTailUnmasked, LastTokenBlockSkipped,
                BatchDropped, AssumesContiguous, NHardcoded, LowPrecisionTokenSum, NormEpsMismatch,
-               LowPrecisionSumSq, WrongSign, RacyDoubleCount]
+               LowPrecisionSumSq, WrongSign, RacyDoubleCount, UndeclaredTF32]
 CONTAINMENT = [Segfaults, Hangs, WritesOutOfBounds, MutatesInput, Nondeterministic, Raises, WrongDtype,
                NanWithoutEps, AcceptsUnsupported]
 ALL = CORRECTNESS + CONTAINMENT
