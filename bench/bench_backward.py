@@ -392,6 +392,7 @@ def main(argv=None):
     ap.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=True,
                     help="torch.compile(dynamic=...) for golden: one compile for all shapes (default)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--plot", help="draw the results to this PNG (bench/plot.py)")
     ap.add_argument("--check", action="store_true", help="correctness sweep first")
     ap.add_argument("--tune", action="store_true", help="time triton launch-parameter variants")
     ap.add_argument("--tune-shape", type=ints, default=[32768, 7168, 4], help="T,D,n for --tune")
@@ -437,6 +438,9 @@ def main(argv=None):
     doc["seconds"] = time.time() - t0
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
+    if args.plot and doc.get("rows"):
+        from bench.plot import plot
+        print(f"# plot: {plot(doc, args.plot)}")
     print(f"# done in {doc['seconds']:.0f} s")
     return 0 if ok else 1
 
