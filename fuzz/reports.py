@@ -119,10 +119,13 @@ def sweep_reports_dir(reports_dir: str | Path) -> int:
     under its lock); returns how many. A run calls it first, so a killed run's debris is gone
     before anything is uploaded or collected."""
     root = Path(reports_dir)
+    if not root.is_dir():
+        return 0
     n = 0
-    for folder in (p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
-        with _locked(folder):
-            n += _remove_stale_temps(folder)
+    for folder in root.iterdir():
+        if folder.is_dir():
+            with _locked(folder):
+                n += _remove_stale_temps(folder)
     return n
 
 

@@ -33,17 +33,18 @@ class Mutant:
         return r
 
 
-def _recombine(r, a, dh_mix=None, dvec_inv=None, inv_rms=None):
-    """Recompute the outputs that depend on dh_mix / dvec_inv after a planted change."""
+def _recombine(r, a, dh_mix=None, dvec_inv=None, operands=lambda t: t):
+    """Recompute the outputs that depend on dh_mix / dvec_inv after a planted change;
+    `operands` is applied to both GEMMs' operands (e.g. rounding them to TF32)."""
     x = a["x"]
     B, S, n, D = x.shape
-    dh_mix = r["dh_mix"] if dh_mix is None else dh_mix
-    dvec_mm = dh_mix @ a["phi"].float()
+    dh_mix = operands(r["dh_mix"] if dh_mix is None else dh_mix)
+    dvec_mm = dh_mix @ operands(a["phi"].float())
     dvec_inv = r["dvec_inv"] if dvec_inv is None else dvec_inv
     out = dict(r)
     out["dx"] = (dvec_mm * r["gamma_flat"] + dvec_inv + r["dvec_hin"]).reshape(B, S, n, D).to(x.dtype)
     out["dgamma"] = (r["vec_x"] * dvec_mm).sum((0, 1)).reshape(n, D)
-    out["dphi"] = torch.einsum("bsf,bsk->fk", dh_mix, r["xg"])
+    out["dphi"] = torch.einsum("bsf,bsk->fk", dh_mix, operands(r["xg"]))
     return out
 
 
@@ -221,26 +222,12 @@ def _tf32(t: torch.Tensor) -> torch.Tensor:
     return i.view(torch.float32).reshape(t.shape)
 
 
-def _tf32_products(r, a):
-    """Golden's outputs with both token GEMMs (dh_mix @ phi and dh_mix^T @ x*gamma) on TF32
-    operands, accumulated in fp32."""
-    x = a["x"]
-    B, S, n, D = x.shape
-    dh = _tf32(r["dh_mix"])
-    dvec_mm = dh @ _tf32(a["phi"].float())
-    out = dict(r)
-    out["dx"] = (dvec_mm * r["gamma_flat"] + r["dvec_inv"] + r["dvec_hin"]).reshape(B, S, n, D).to(x.dtype)
-    out["dgamma"] = (r["vec_x"] * dvec_mm).sum((0, 1)).reshape(n, D)
-    out["dphi"] = torch.einsum("bsf,bsk->fk", dh, _tf32(r["xg"]))
-    return out
-
-
 class UndeclaredTF32(Mutant):
     name = "undeclared_tf32"
     description = "the token GEMMs run on TF32 tensor cores while the backend declares fp32"
 
-    def bug(self, r, a):
-        return _tf32_products(r, a)
+    def bug(self, r, a):   # both token GEMMs on TF32 operands, accumulated in fp32
+        return _recombine(r, a, operands=_tf32)
 
 
 class TF32Declared(UndeclaredTF32):
