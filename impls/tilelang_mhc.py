@@ -35,10 +35,21 @@ tensor-core work is small: one CTA per SM runs each block's product, epilogue an
 back to back, so the product's latency is not hidden behind the next block's loads. Tried and
 slower: every warp owning a column slice of the MMAs (2.47 ms), hi and lo stacked into one
 M=64 bf16 MMA (2.59-3.04), phi held in registers as the A operand of a transposed dx product
-(5.11). Beating 1.56x needs one pass with a per-token-block exchange of the dh_pre partials
-between the CTAs that own a token block's columns (grid-level flags), software-pipelined
-several blocks deep so that the exchange latency hides behind the loads, and a K2 body whose
-dx product overlaps the memory traffic (e.g. two consumer groups working on alternate blocks).
+(5.11); the product as three bf16 MMAs on hi/lo halves of dh_mix and phi (more accurate than
+TF32) 2.197 vs 2.173 ms: its cost is its place in the block's serial chain, not its
+instruction type. Beating 1.56x needs one pass. Built and measured (in the history, commit
+aebb3cc; not kept): a persistent kernel, cooperative launch, G = n*D/NC column CTAs per token
+split all resident; per token block each publishes its NC-column partial of dh_pre with plain
+stores into a sentinel-filled buffer (the data is its own flag) and, `lag` blocks later, sums
+the block's G partials in a fixed order (same bits in every CTA), the rows having come into
+registers on first touch and back by TMA from L2; a small K0 writes the dh_pre-free per-token
+terms (dx, dh_mix and coef are linear in dh_pre). Correct and bitwise deterministic, but
+11.6 ms at T=32768 (lag 3-7, 2-3 stages alike): ~11 us per 32-token block per CTA against
+K2's ~2.5. At T=4096, per block: 11.2 us; 9.2 when late partials are not waited for (0.8% were
+missing when the TMA read them, 5 blocks after publication: the CTAs drift apart); 6.6 with
+no partial computed or exchanged. What makes that exchange-free body 2.6x slower than K2 was
+not isolated (3 stages did not help); it differs by the in-kernel dh_mix build and by one CTA
+per SM walking all the blocks of its columns.
 
 tilelang is imported lazily: this module imports without tilelang and without CUDA.
 """
@@ -172,8 +183,7 @@ def _tok_kernel(n: int, dtype: str):
 
 
 def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256,
-                bt: int = 32, dx_direct: bool = False, hilo_in: bool = False, min_blocks: int = 1,
-                dx_bf16x3: bool = False):
+                bt: int = 32, dx_direct: bool = False, hilo_in: bool = False, min_blocks: int = 1):
     """K2: dx and the split partials of P = dh_mix^T @ x. Grid (n*D/NC column blocks, S splits).
 
     A CTA owns NC consecutive columns of one stream i (flat columns i*D + d0 ..); the n CTAs
@@ -181,17 +191,13 @@ def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256
     comes from DRAM once and from L2 the other n-1 times. Tuning: bt tokens per block;
     dx_direct: dx stored from registers (else staged in shared memory for a TMA store);
     hilo_in: the bf16 hi/lo halves of dh_mix come from K1 (else split here); min_blocks > 1
-    asks for that many CTAs per SM (caps the consumer warpgroups' registers); dx_bf16x3 (bf16
-    x with hilo_in): the dx product as three bf16 MMAs on hi/lo halves of dh_mix and of
-    gamma*phi (hi*hi + hi*lo + lo*hi, relative error ~2^-15, below TF32's 2^-11) instead of
-    one TF32 MMA."""
+    asks for that many CTAs per SM (caps the consumer warpgroups' registers)."""
     import tilelang.language as T
     g = _geometry(n, nc)
     F, FP, FR, NC = g["F"], g["FP"], g["FR"], g["NC"]
     BT_ = bt
     BF16 = "bfloat16"
     split_bf16 = dtype == BF16
-    dx3 = dx_bf16x3 and split_bf16 and hilo_in
     Tn = T.dynamic("num_tokens")
     S = T.dynamic("num_splits")
     D = T.dynamic("hidden")
@@ -211,16 +217,11 @@ def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256
                 T.annotate_consumer_reg_alloc(((65536 // min_blocks - 24 * threads) // threads) // 8 * 8)
             i = bj % n                       # stream
             d0 = (bj // n) * NC              # columns d0 .. d0+NC of stream i (flat i*D + d)
-            if dx3:
-                phi_hi = T.alloc_shared((NC, FP), BF16)     # phi columns = hi + lo, K-major
-                phi_lo = T.alloc_shared((NC, FP), BF16)
-            else:
-                phiT_s = T.alloc_shared((NC, FP), F32)      # phi columns, K-major for the TF32 MMA
+            phiT_s = T.alloc_shared((NC, FP), F32)      # phi columns, K-major for the TF32 MMA
             gam_s = T.alloc_shared((NC,), F32)
             xs = T.alloc_shared((BT_, NC), dtype)
             dhs = T.alloc_shared((BT_, NC), dtype)
-            if not dx3:
-                dms = T.alloc_shared((BT_, FP), F32)
+            dms = T.alloc_shared((BT_, FP), F32)
             cf_s = T.alloc_shared((BT_,), F32)
             hp_s = T.alloc_shared((BT_,), F32)
             mm = T.alloc_fragment((BT_, NC), F32)       # dvecX_mm of the block
@@ -237,16 +238,9 @@ def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256
                 xT = T.alloc_shared((NC, BT_), F32)
                 dmT = T.alloc_shared((FP, BT_), F32)
 
-            if dx3:
-                for c, f in T.Parallel(NC, FP):
-                    ph = T.if_then_else(f < F and d0 + c < D,
-                                        phi[T.min(f, F - 1), i, T.min(d0 + c, D - 1)], 0.0)
-                    phi_hi[c, f] = T.cast(ph, BF16)
-                    phi_lo[c, f] = T.cast(ph - T.cast(T.cast(ph, BF16), F32), BF16)
-            else:
-                for c, f in T.Parallel(NC, FP):
-                    phiT_s[c, f] = T.if_then_else(f < F and d0 + c < D,
-                                                  phi[T.min(f, F - 1), i, T.min(d0 + c, D - 1)], 0.0)
+            for c, f in T.Parallel(NC, FP):
+                phiT_s[c, f] = T.if_then_else(f < F and d0 + c < D,
+                                              phi[T.min(f, F - 1), i, T.min(d0 + c, D - 1)], 0.0)
             for c in T.Parallel(NC):
                 gam_s[c] = T.if_then_else(d0 + c < D, gamma[i, T.min(d0 + c, D - 1)], 0.0)
             T.clear(P)
@@ -257,8 +251,7 @@ def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256
                 tb = (bs + it * S) * BT_
                 T.copy(x[tb:tb + BT_, i, d0:d0 + NC], xs)
                 T.copy(dh_in[tb:tb + BT_, d0:d0 + NC], dhs)
-                if not dx3:
-                    T.copy(dmix[tb:tb + BT_, :], dms)
+                T.copy(dmix[tb:tb + BT_, :], dms)
                 if split_bf16 and hilo_in:
                     T.copy(dmix_hi[tb:tb + BT_, :], dm_hi)
                     T.copy(dmix_lo[tb:tb + BT_, :], dm_lo)
@@ -268,12 +261,7 @@ def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256
                 if bj == 0:
                     for t, f in T.Parallel(BT_, FR):
                         tacc[t, f] += T.if_then_else(tb + t < Tn, tokred[tb + t, f], 0.0)
-                if dx3:
-                    T.gemm(dm_hi, phi_hi, mm, transpose_B=True, clear_accum=True)
-                    T.gemm(dm_hi, phi_lo, mm, transpose_B=True)
-                    T.gemm(dm_lo, phi_hi, mm, transpose_B=True)
-                else:
-                    T.gemm(dms, phiT_s, mm, transpose_B=True, clear_accum=True)
+                T.gemm(dms, phiT_s, mm, transpose_B=True, clear_accum=True)
                 if dx_direct:
                     for t, c in T.Parallel(BT_, NC):
                         if tb + t < Tn and d0 + c < D:
@@ -308,239 +296,6 @@ def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256
                     tpart[bs, f] = tsum[f]
 
     return col_kernel
-
-
-# ----------------------------------------------------------------------------- one-pass path
-
-FUSED_GMAX = 128        # most column CTAs per token split: the exchange rows of one token block
-REC_THREADS = 128
-SENTINEL = -1           # int32 bits of a NaN no arithmetic returns (GPUs return 0x7fffffff)
-SPIN_LIMIT = 1 << 24    # ~seconds of polling: a lost partial traps instead of hanging
-
-
-def _rec_kernel(n: int):
-    """K0 of the one-pass path: every per-token value that does not depend on dh_pre.
-
-    dx, dh_mix and the coefficient of x are linear in the n values dh_pre[t, :], so K0 writes
-    the terms (rec row, fp32, FP wide):
-      rec[0:n]      w_i  = alpha0 * s_i (1 - s_i) * inv_rms      (dh_mix[i] = dh_pre[i] * w_i)
-      rec[n:F]      dh_mix[f] for the post and res parts
-      rec[F]        -inv_rms^3 * sum_{f >= n} g[f] h_mix[f]      (coef * n * D, dh_pre-free part)
-      rec[F+1+i]    -inv_rms^3 * alpha0 * s_i (1 - s_i) * h_mix[i]   (its dh_pre[i] factor)
-    and the token terms of dbias / dalpha (tokred row, FR wide): columns n..F-1, F+1, F+2 as in
-    K1; columns 0..n-1 the factor s_i (1 - s_i) and F+3+i the factor s_i (1 - s_i) h_mix[i] *
-    inv_rms, which the fused kernel multiplies by dh_pre."""
-    import tilelang.language as T
-    g = _geometry(n)
-    F, FP, FR = g["F"], g["FP"], g["FR"]
-    Tn = T.dynamic("num_tokens")
-
-    @T.prim_func
-    def rec_kernel(inv_rms: T.Tensor((Tn,), F32), h_mix: T.Tensor((Tn, F), F32),
-                   h_pre: T.Tensor((Tn, n), F32), h_post: T.Tensor((Tn, n), F32),
-                   dh_post: T.Tensor((Tn, n), F32), dh_res: T.Tensor((Tn, n * n), F32),
-                   alpha: T.Tensor((3,), F32), rec: T.Tensor((Tn, FP), F32),
-                   tokred: T.Tensor((Tn, FR), F32)):
-        with T.Kernel(T.ceildiv(Tn, REC_THREADS), threads=REC_THREADS) as bx:
-            t = bx * REC_THREADS + T.get_thread_binding()
-            if t < Tn:
-                inv = inv_rms[t]
-                inv3 = inv * inv * inv
-                rest = T.alloc_var(F32, init=0.0)
-                tr1 = T.alloc_var(F32, init=0.0)
-                tr2 = T.alloc_var(F32, init=0.0)
-                for f in T.serial(n):
-                    s = h_pre[t, f] - HC_EPS
-                    sp = s * (1.0 - s)
-                    rec[t, f] = alpha[0] * sp * inv
-                    rec[t, F + 1 + f] = -(alpha[0] * sp * h_mix[t, f]) * inv3
-                    tokred[t, f] = sp
-                    tokred[t, F + 3 + f] = sp * (h_mix[t, f] * inv)
-                for f in T.serial(n):
-                    s = h_post[t, f] * 0.5
-                    gr = dh_post[t, f] * 2.0 * s * (1.0 - s)
-                    tr1 += gr * (h_mix[t, n + f] * inv)
-                    rest += gr * alpha[1] * h_mix[t, n + f]
-                    rec[t, n + f] = gr * alpha[1] * inv
-                    tokred[t, n + f] = gr
-                for f in T.serial(n * n):
-                    gr = dh_res[t, f]
-                    tr2 += gr * (h_mix[t, 2 * n + f] * inv)
-                    rest += gr * alpha[2] * h_mix[t, 2 * n + f]
-                    rec[t, 2 * n + f] = gr * alpha[2] * inv
-                    tokred[t, 2 * n + f] = gr
-                rec[t, F] = -rest * inv3
-                for f in T.serial(FP - F - 1 - n):
-                    rec[t, F + 1 + n + f] = 0.0
-                tokred[t, F] = 0.0
-                tokred[t, F + 1] = tr1
-                tokred[t, F + 2] = tr2
-                for f in T.serial(FR - F - 3 - n):
-                    tokred[t, F + 3 + n + f] = 0.0
-
-    return rec_kernel
-
-
-def _fused_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256, bt: int = 32,
-                  lag: int = 5, debug: int = 0):
-    """K2 of the one-pass path: dh_pre, dx and the split partials of P in one pass over x.
-
-    Grid (G = n*D/NC column CTAs, S token splits), all resident at once (cooperative launch).
-    Per token block a CTA publishes its NC-column partial of dh_pre (plain stores into a
-    sentinel-filled exchange buffer: the data is its own flag), and `lag` blocks later sums
-    the G partials of that block in a fixed order -- the same bits in every CTA -- to build
-    dh_mix and dx as K2 does. The partial is computed from registers loaded straight from
-    DRAM (first touch); the lagged block's tiles come back by TMA from L2."""
-    import tilelang.language as T
-    g = _geometry(n, nc)
-    F, FP, FR, NC = g["F"], g["FP"], g["FR"], g["NC"]
-    BT_, GM, LAG, NC8 = bt, FUSED_GMAX, lag, nc // 8
-    BF16, I32 = "bfloat16", "int32"
-    assert dtype == BF16, "one-pass path: bf16 x (P as two exact bf16 MMAs)"
-    Tn = T.dynamic("num_tokens")
-    S = T.dynamic("num_splits")
-    D = T.dynamic("hidden")
-    NB = T.dynamic("num_blocks")
-    D8 = T.dynamic("hidden8")
-
-    @T.prim_func
-    def fused_kernel(x: T.Tensor((Tn, n, D), dtype), dh_in: T.Tensor((Tn, D), dtype),
-                     x8: T.Tensor((Tn, n, D8, 8), dtype), dh8: T.Tensor((Tn, D8, 8), dtype),
-                     rec: T.Tensor((Tn, FP), F32), h_pre: T.Tensor((Tn, n), F32),
-                     tokred: T.Tensor((Tn, FR), F32), phi: T.Tensor((F, n, D), F32),
-                     gamma: T.Tensor((n, D), F32), dx: T.Tensor((Tn, n, D), dtype),
-                     part: T.Tensor((S, F, n, D), F32), tpart: T.Tensor((S, FR), F32),
-                     pp: T.Tensor((NB, GM, BT_), I32), dbg: T.Tensor((4,), I32)):
-        with T.Kernel(n * T.ceildiv(D, NC), S, threads=threads) as (bj, bs):
-            i = bj % n
-            d0 = (bj // n) * NC
-            ncol = T.ceildiv(D, NC)
-            phiT_s = T.alloc_shared((NC, FP), F32)      # gamma * phi columns, K-major
-            xs = T.alloc_shared((BT_, NC), dtype)
-            dhs = T.alloc_shared((BT_, NC), dtype)
-            rcs = T.alloc_shared((BT_, FP), F32)
-            pps = T.alloc_shared((GM, BT_), I32)
-            dms = T.alloc_shared((BT_, FP), F32)
-            dm_hi = T.alloc_shared((BT_, FP), BF16)
-            dm_lo = T.alloc_shared((BT_, FP), BF16)
-            dxs = T.alloc_shared((BT_, NC), dtype)
-            dhp_s = T.alloc_shared((BT_, n), F32)
-            cf_s = T.alloc_shared((BT_,), F32)
-            hp_s = T.alloc_shared((BT_,), F32)
-            xr = T.alloc_fragment((BT_, NC8, 8), dtype)
-            dr = T.alloc_fragment((BT_, NC8, 8), dtype)
-            prod = T.alloc_fragment((BT_, NC8, 8), F32)
-            prod2 = T.alloc_fragment((BT_, NC8), F32)
-            psum = T.alloc_fragment((BT_,), F32)
-            mm = T.alloc_fragment((BT_, NC), F32)
-            P = T.alloc_fragment((FP, NC), F32)
-            tacc = T.alloc_fragment((BT_, FR), F32)
-
-            for c, f in T.Parallel(NC, FP):
-                phiT_s[c, f] = T.if_then_else(
-                    f < F and d0 + c < D,
-                    phi[T.min(f, F - 1), i, T.min(d0 + c, D - 1)] * gamma[i, T.min(d0 + c, D - 1)], 0.0)
-            T.clear(P)
-            T.clear(tacc)
-            T.clear(xr)
-            T.clear(dr)
-            T.sync_grid()                   # cooperative launch: every CTA is resident
-            nb = T.ceildiv(Tn, BT_)
-            nit = T.ceildiv(nb - bs, S)
-            inv_nd = 1.0 / T.cast(n * D, F32)
-            for it in T.Pipelined(nit + LAG, num_stages=stages):
-                bb = bs + T.max(it - LAG, 0) * S          # block of phase B (dx, P)
-                tb = bb * BT_
-                T.copy(x[tb:tb + BT_, i, d0:d0 + NC], xs)
-                T.copy(dh_in[tb:tb + BT_, d0:d0 + NC], dhs)
-                T.copy(rec[tb:tb + BT_, :], rcs)
-                T.copy(pp[bb, :, :], pps)
-                # phase A of block it-1: its rows came into registers during the last
-                # iteration; publish its partial first, so that it is there long before the
-                # TMA of iteration it-1+LAG reads it
-                if it >= 1 and it <= nit and (debug & 2) == 0:
-                    for t, c8, v in T.Parallel(BT_, NC8, 8):
-                        prod[t, c8, v] = T.if_then_else(d0 + c8 * 8 < D,
-                                                        T.cast(xr[t, c8, v], F32) * T.cast(dr[t, c8, v], F32), 0.0)
-                    T.reduce_sum(prod, prod2, dim=2)
-                    T.reduce_sum(prod2, psum, dim=1)
-                    for t in T.Parallel(BT_):
-                        pp[bs + (it - 1) * S, bj, t] = T.reinterpret(psum[t], I32)
-                # the rows of block it (first touch: DRAM), 16-byte loads into registers, used
-                # next iteration so that their latency hides behind phase B (a T.copy would go
-                # to the producer warps); clamped rows and columns are masked out above
-                ta = (bs + T.min(it, nit - 1) * S) * BT_
-                for t, c8, v in T.Parallel(BT_, NC8, 8):
-                    xr[t, c8, v] = x8[T.min(ta + t, Tn - 1), i, T.min(d0 // 8 + c8, D8 - 1), v]
-                    dr[t, c8, v] = dh8[T.min(ta + t, Tn - 1), T.min(d0 // 8 + c8, D8 - 1), v]
-                if it >= LAG:
-                    # partials still missing when the TMA read them: one parallel re-read from
-                    # L2 (the sum below polls any that are still missing)
-                    if (debug & 1) == 0:
-                        for gg, t in T.Parallel(GM, BT_):
-                            if gg < n * ncol and pps[gg, t] == SENTINEL:
-                                if (debug & 4) != 0:
-                                    T.atomic_add(dbg[0], 1)
-                                pps[gg, t] = T.atomic_load(pp[bb, gg, t], memory_order="relaxed")
-                    tx = T.get_thread_binding()
-                    if tx < BT_ * n:
-                        acc = T.alloc_var(F32, init=0.0)
-                        v = T.alloc_var(I32)
-                        for c in T.serial(ncol):
-                            v = pps[c * n + tx // BT_, tx % BT_]
-                            # a partial not yet there when the TMA read it: poll L2 (rare)
-                            for spin in T.serial(SPIN_LIMIT if (debug & 1) == 0 else 0):
-                                if v != SENTINEL:
-                                    T.loop_break()
-                                if (debug & 4) != 0:
-                                    T.atomic_add(dbg[1], 1)
-                                v = T.atomic_load(pp[bb, c * n + tx // BT_, tx % BT_], memory_order="relaxed")
-                            if v == SENTINEL and (debug & 1) == 0:
-                                T.call_extern("handle", "__trap")
-                            acc += T.reinterpret(v, F32)
-                        dhp_s[tx % BT_, tx // BT_] = acc
-                    for t, f in T.Parallel(BT_, FP):
-                        dms[t, f] = T.if_then_else(f < n, dhp_s[t, T.min(f, n - 1)] * rcs[t, f],
-                                                   T.if_then_else(f < F, rcs[t, f], 0.0))
-                    for t, f in T.Parallel(BT_, FP):
-                        dm_hi[t, f] = T.cast(dms[t, f], BF16)
-                        dm_lo[t, f] = T.cast(dms[t, f] - T.cast(T.cast(dms[t, f], BF16), F32), BF16)
-                    for t in T.Parallel(BT_):
-                        cf_s[t] = (rcs[t, F] + _dot_n(n, dhp_s, rcs, t, t, F + 1)) * inv_nd
-                        hp_s[t] = T.if_then_else(tb + t < Tn, h_pre[T.min(tb + t, Tn - 1), i], 0.0)
-                    if bj == 0:
-                        for t, f in T.Parallel(BT_, FR):
-                            tacc[t, f] += T.if_then_else(
-                                tb + t < Tn,
-                                T.if_then_else(f < n, dhp_s[t, T.min(f, n - 1)] * tokred[tb + t, f],
-                                               T.if_then_else(f == F, _dot_n(n, dhp_s, tokred, t, tb + t, F + 3),
-                                                              T.if_then_else(f < F + 3, tokred[tb + t, f], 0.0))),
-                                0.0)
-                    T.gemm(dms, phiT_s, mm, transpose_B=True, clear_accum=True)
-                    for t, c in T.Parallel(BT_, NC):
-                        dxs[t, c] = T.cast(mm[t, c] + cf_s[t] * T.cast(xs[t, c], F32)
-                                           + hp_s[t] * T.cast(dhs[t, c], F32), dtype)
-                    T.copy(dxs, dx[tb:tb + BT_, i, d0:d0 + NC])
-                    T.gemm(dm_hi, xs, P, transpose_A=True)
-                    T.gemm(dm_lo, xs, P, transpose_A=True)
-            for f, c in T.Parallel(FP, NC):
-                if f < F and d0 + c < D:
-                    part[bs, f, i, d0 + c] = P[f, c]
-            if bj == 0:
-                tsum = T.alloc_fragment((FR,), F32)
-                T.reduce_sum(tacc, tsum, dim=0)
-                for f in T.Parallel(FR):
-                    tpart[bs, f] = tsum[f]
-
-    return fused_kernel
-
-
-def _dot_n(n, dhp_s, buf, t, row, col0):
-    """sum_k dhp_s[t, k] * buf[row, col0 + k], unrolled in Python (n is static)."""
-    acc = dhp_s[t, 0] * buf[row, col0]
-    for k in range(1, n):
-        acc = acc + dhp_s[t, k] * buf[row, col0 + k]
-    return acc
 
 
 def _reduce_kernel(n: int):
@@ -642,15 +397,10 @@ def _build(key):
     kind = key[0]
     if kind == "tok":
         return _tok_kernel(key[1], _TL_DTYPE[key[2]])
-    if kind == "rec":
-        return _rec_kernel(key[1])
-    if kind == "fused":
-        _, n, nc, dt, kf = key
-        return _fused_kernel(n, nc, _TL_DTYPE[dt], *kf)
     if kind == "col":
         _, n, nc, dt, k2 = key
-        stages, _nc, threads, bt, dx_direct, hilo_in, min_blocks, *rest = k2
-        return _col_kernel(n, nc, _TL_DTYPE[dt], stages, threads, bt, dx_direct, hilo_in, min_blocks, *rest)
+        stages, _nc, threads, bt, dx_direct, hilo_in, min_blocks = k2
+        return _col_kernel(n, nc, _TL_DTYPE[dt], stages, threads, bt, dx_direct, hilo_in, min_blocks)
     return _reduce_kernel(key[1])
 
 
@@ -658,11 +408,7 @@ def get_kernels(n: int, D: int, dtype: str, arch: str, k2=None):
     """(K1, K2, K3) serving (n, D, x dtype) on arch. Each kernel is compiled once per process
     (loaded from TileLang's disk cache, TILELANG_CACHE_DIR, when compiled before) and shared
     by every T and every D of its class."""
-    return _compiled(kernel_keys(n, D, dtype, k2), arch)
-
-
-def _compiled(keys, arch: str) -> tuple:
-    """The compiled kernels of these cache keys, compiling (side by side) those missing."""
+    keys = kernel_keys(n, D, dtype, k2)
     with _LOCK:
         missing = [k for k in keys if (arch, k) not in _KERNELS]
         if missing:
@@ -892,79 +638,6 @@ class _Plan:
             self.column()
             self.reduce()
         return self.dx, self.dphi, self.dalpha, self.dbias, self.dgamma
-
-
-FUSED_TUNING = (2, 256, 32, 5, 0)   # (pipeline stages, threads, tokens per block, lag, debug): _fused_kernel
-
-
-def fused_keys(n: int, D: int, dtype: str, kf=None) -> tuple:
-    kf = tuple(kf or FUSED_TUNING)
-    return (("rec", n), ("fused", n, d_class(n, D, dtype), dtype, kf), ("reduce", n))
-
-
-def _sm_count(device) -> int:
-    key = str(device)
-    if key not in _NSM:
-        _NSM[key] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _NSM[key]
-
-
-def fused_columns(n: int, D: int, dtype: str) -> int:
-    """Column CTAs of one token split on the one-pass path."""
-    return n * -(-D // d_class(n, D, dtype))
-
-
-class _FusedPlan(_Plan):
-    """The one-pass path: K0 (per-token values), the fused kernel, K3. Same outputs and
-    launch methods as _Plan (token() = K0, column() = the fused kernel)."""
-
-    def __init__(self, x, phi, alpha, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma,
-                 dt: str, kf=None):
-        B, S, n, D = x.shape
-        F, Tn, dev, f32 = mix_width(n), B * S, x.device, torch.float32
-        self.kf = tuple(kf or FUSED_TUNING)
-        self.T, self.n, self.D, self.F = Tn, n, D, F
-        self.dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        self.dphi = torch.empty(F, n * D, dtype=f32, device=dev)
-        self.dgamma = torch.empty(n, D, dtype=f32, device=dev)
-        self.dalpha = torch.empty(3, dtype=f32, device=dev)
-        self.dbias = torch.empty(F, dtype=f32, device=dev)
-        if Tn == 0:
-            return
-        self.kernels = _compiled(fused_keys(n, D, dt, self.kf), _device_arch(dev))
-        self.nc = d_class(n, D, dt)
-        g = _geometry(n, self.nc)
-        self.x = _aligned(x).view(Tn, n, D)
-        self.dh_in = _aligned(dh_in).view(Tn, D)
-        self.phi = _aligned(phi, f32).view(F, n, D)
-        self.gamma = _ones_gamma(n, D, dev) if gamma is None else _aligned(gamma, f32).view(n, D)
-        small = [_aligned(t, f32) for t in (inv_rms, h_mix, h_pre, h_post, dh_post, dh_res)]
-        self.inv, self.hmix, self.hpre, self.hpost, self.dpost, self.dres = (
-            small[0].view(Tn), small[1].view(Tn, F), small[2].view(Tn, n), small[3].view(Tn, n),
-            small[4].view(Tn, n), small[5].view(Tn, n * n))
-        self.alpha = _aligned(alpha, f32)
-        bt = self.kf[2]
-        nb = -(-Tn // bt)
-        G = fused_columns(n, D, dt)
-        self.splits = max(1, min(_sm_count(dev) // G, nb))
-        self.rec = torch.empty(Tn, g["FP"], dtype=f32, device=dev)
-        self.tokred = torch.empty(Tn, g["FR"], dtype=f32, device=dev)
-        self.pp = torch.empty(nb, FUSED_GMAX, bt, dtype=torch.int32, device=dev)
-        self.dbg = torch.zeros(4, dtype=torch.int32, device=dev)
-        self.part = torch.empty(self.splits, F, n, D, dtype=f32, device=dev)
-        self.tpart = torch.empty(self.splits, g["FR"], dtype=f32, device=dev)
-        self.dmix = self.rec                # for bench/ (kernel_bytes reads its width)
-
-    def token(self):
-        self.pp.fill_(SENTINEL)
-        self.kernels[0](self.inv, self.hmix, self.hpre, self.hpost, self.dpost, self.dres, self.alpha,
-                        self.rec, self.tokred)
-
-    def column(self):
-        Tn, n, D = self.T, self.n, self.D
-        self.kernels[1](self.x, self.dh_in, self.x.view(Tn, n, D // 8, 8), self.dh_in.view(Tn, D // 8, 8),
-                        self.rec, self.hpre, self.tokred, self.phi, self.gamma,
-                        self.dx.view(Tn, n, D), self.part, self.tpart, self.pp, self.dbg)
 
 
 def _shape_refusal(n: int, D: int) -> str | None:
