@@ -26,32 +26,9 @@ x and dh_in are read twice from memory (K1 and K2): dh_pre needs a token's whole
 any of its dx can be written, while dphi needs column ownership to keep its accumulators on
 chip; one pass would need grid-wide synchronisation between the two. That second read puts
 this design's floor at 1.56x the backward's memory roofline (6.58 GB moved instead of 4.23 at
-T=32768, n=4, D=7168, bf16); measured on an H100: K1 1.10x and K2 1.28x their own bytes,
-2.71 ms in all = 1.93x the roofline. K2 is bound by the SM, not DRAM. ncu on K2 before the
-dh_in tile was swizzled (2.13-2.18 ms): DRAM 50-58% busy, L1/shared 79-80%, 63% of issue
-slots idle, the top stall a scoreboard wait on shared memory; shared loads conflicted 3.2-way
-on average (29% of their wavefronts excess); by their addresses, the epilogue's reads of the
-row-major dh_in tile were 8-way. With dh_in swizzled as xs is: 1.82 ms. Measured before that fix (K2 2.18 ms, one part removed,
-results wrong, timing only): without the two bf16 P products 2.27 ms, without the TF32 dx
-product 1.62 ms. Tried and slower then: every warp owning a column slice of the MMAs (2.47
-ms), hi and lo stacked into one M=64 bf16 MMA (2.59-3.04), phi held in registers as the A
-operand of a transposed dx product (5.11), the dx product as three bf16 MMAs on hi/lo halves
-of dh_mix and phi (more accurate than TF32: 2.197 vs 2.173). With the fix, also folding
-gamma into phi and holding the epilogue's per-token scalars in registers (fewer shared loads):
-1.80 ms here, but 0.332 against 0.298 ms at T=4096 and 0.027 against 0.022 at T=128 (not kept).
-Beating 1.56x needs one pass. Built and measured (in the history, commit
-aebb3cc; not kept): a persistent kernel, cooperative launch, G = n*D/NC column CTAs per token
-split all resident; per token block each publishes its NC-column partial of dh_pre with plain
-stores into a sentinel-filled buffer (the data is its own flag) and, `lag` blocks later, sums
-the block's G partials in a fixed order (same bits in every CTA), the rows having come into
-registers on first touch and back by TMA from L2; a small K0 writes the dh_pre-free per-token
-terms (dx, dh_mix and coef are linear in dh_pre). Correct and bitwise deterministic, but
-11.6 ms at T=32768 (lag 3-7, 2-3 stages alike): ~11 us per 32-token block per CTA against
-K2's ~2.5 then. At T=4096, per block: 11.2 us; 9.2 when late partials are not waited for (0.8% were
-missing when the TMA read them, 5 blocks after publication: the CTAs drift apart); 6.6 with
-no partial computed or exchanged. What makes that exchange-free body 2.6x slower than K2 was
-not isolated (3 stages did not help); it differs by the in-kernel dh_mix build and by one CTA
-per SM walking all the blocks of its columns.
+T=32768, n=4, D=7168, bf16). Measured on an H100 there: 2.71 ms = 1.93x the roofline, K1 1.10x
+and K2 1.28x their own bytes; K2 is bound on the SM side, not by DRAM. What was
+measured, tried and not kept (K2 variants, a one-pass kernel): docs/TILELANG-PERFORMANCE.md.
 
 tilelang is imported lazily: this module imports without tilelang and without CUDA.
 """
@@ -229,7 +206,7 @@ def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256
             hp_s = T.alloc_shared((BT_,), F32)
             # the epilogue reads dh_in in the MMA accumulator's pattern (8 rows x 4 words per
             # warp): row-major [BT, NC] puts those 8 rows in the same banks (8-way conflicts),
-            # the swizzle that xs has for the MMAs spreads them (K2 2.13 -> 1.82 ms, below)
+            # the swizzle that xs has for the MMAs spreads them (K2 2.13 -> 1.82 ms)
             T.annotate_layout({dhs: make_swizzled_layout(dhs)})
             mm = T.alloc_fragment((BT_, NC), F32)       # dvecX_mm of the block
             P = T.alloc_fragment((FP, NC), F32)         # dh_mix^T @ x over the split
@@ -378,17 +355,8 @@ def _target(arch: str) -> dict:
 
 # K2 tuning: (pipeline stages, column tile NC or None for _NC_BASE[n], threads, tokens per
 # block, dx_direct, hilo_in, min CTAs per SM) -- see _col_kernel. TileLang warp-specializes
-# the pipeline (a TMA producer warpgroup + mbarriers); its cp.async alternative
-# (TL_DISABLE_WARP_SPECIALIZED) fails to lower in 0.1.15 with this dynamic trip count
-# ("Downcast from tirx.Sub to ir.IntImm"). Measured on the H100, K2 at T=32768, n=4,
-# D=7168 bf16 (bench/bench_tilelang.py --variants), all before dh_in was swizzled (which took
-# this setting from 2.13-2.18 to 1.81 ms): this setting (3 stages) 2.18 ms, 2 stages 2.20-2.24;
-# dx stored from registers 2.86; hi/lo split in K2 2.36; 64-token blocks 2.43-2.65; NC=128
-# with 2 CTAs/SM 2.34 (2.07 when D was static); P accumulated transposed, [NC, FP] (warpgroup
-# MMAs for the two bf16 products) 2.22-2.32; 5, 20, 33 token splits instead of 10: 2.43,
-# 2.20, 2.30; one consumer warpgroup (128 threads; 255 registers free) 3.02-3.08 with 2-4
-# stages, and 2.25 with NC=128 and 2 CTAs/SM (this setting 2.23 in that run); NC=64 with 128
-# threads and 3 CTAs/SM did not finish within 200 s (not pursued).
+# the pipeline (a TMA producer warpgroup + mbarriers). The variants measured against this
+# setting (bench/bench_tilelang.py --variants) are in docs/TILELANG-PERFORMANCE.md.
 K2_TUNING = (3, None, 256, 32, False, True, 1)
 
 
