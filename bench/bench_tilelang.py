@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import impls.tilelang_mhc as tlm  # noqa: E402
 from bench import bench_backward  # noqa: E402
-from impls.registry import default_registry, unavailable_reason  # noqa: E402
+from impls.registry import DTYPE_NAMES, default_registry, unavailable_reason  # noqa: E402
 
 
 # (stages, NC, threads, tokens per block, dx_direct, hilo_in, min CTAs/SM): see impls/tilelang_mhc._col_kernel
@@ -53,12 +53,8 @@ def split_kernels(args, k2=None, splits=None):
     """The three launches of one backward as separate closures (to time each); splits:
     K2's token splits instead of the plan's choice."""
     x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma = args
-    dt = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[x.dtype]
-    plan = tlm._Plan(x, phi, alpha, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma, dt, k2)
-    if splits:
-        plan.splits = splits
-        plan.part = plan.part.new_empty((splits,) + tuple(plan.part.shape[1:]))
-        plan.tpart = plan.tpart.new_empty((splits,) + tuple(plan.tpart.shape[1:]))
+    plan = tlm._Plan(x, phi, alpha, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma,
+                     DTYPE_NAMES[x.dtype], k2, splits)
     return plan, {"K1 token": plan.token, "K2 column": plan.column, "K3 reduce": plan.reduce}, (plan.dx, plan.dphi)
 
 

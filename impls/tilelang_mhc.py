@@ -552,10 +552,11 @@ class MHCBackwardTileLang:
 
 class _Plan:
     """Buffers and launches of one backward call; one method per kernel (bench/ times them
-    one by one), run() launches the three in order. k2: K2 tuning (default K2_TUNING)."""
+    one by one), run() launches the three in order. k2: K2 tuning (default K2_TUNING);
+    splits: K2's token splits (default _num_splits)."""
 
     def __init__(self, x, phi, alpha, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma,
-                 dt: str, k2=None):
+                 dt: str, k2=None, splits: int | None = None):
         B, S, n, D = x.shape
         F, Tn, dev, f32 = mix_width(n), B * S, x.device, torch.float32
         self.k2_tuning = tuple(k2 or K2_TUNING)
@@ -584,7 +585,7 @@ class _Plan:
         self.dmix_lo = torch.empty_like(self.dmix_hi)
         self.coef = torch.empty(Tn, dtype=f32, device=dev)
         self.tokred = torch.empty(Tn, g["FR"], dtype=f32, device=dev)
-        self.splits = _num_splits(n, D, Tn, dev, self.nc, self.k2_tuning[3])
+        self.splits = splits or _num_splits(n, D, Tn, dev, self.nc, self.k2_tuning[3])
         self.part = torch.empty(self.splits, F, n, D, dtype=f32, device=dev)
         self.tpart = torch.empty(self.splits, g["FR"], dtype=f32, device=dev)
 
