@@ -111,6 +111,7 @@ def main(argv=None):
                     if base is None:
                         base = [o.clone() for o in outs]
                     same_dx = torch.equal(outs[0], base[0])
+                    dx_diff = (outs[0].float() - base[0].float()).abs().max().item()
                     prel = ((outs[1] - base[1]).abs().max() / base[1].abs().max()).item()
                     kb = kernel_bytes(plan, 2)
                     parts = []
@@ -120,7 +121,7 @@ def main(argv=None):
                         ms = bench_ms(f)
                         parts.append(f"{k} {ms:7.3f} ms ({ms / (kb[k] / bw * 1e3):4.2f}x own bytes)")
                     tag = f"K2 (stages, NC, threads)={k2 or tlm.K2_TUNING}"
-                    print(f"    S={plan.splits} {tag} dx same bits={same_dx} dphi max rel diff={prel:.1e}: " + ", ".join(parts), flush=True)
+                    print(f"    S={plan.splits} {tag} dx same bits={same_dx} (max diff {dx_diff:.1e}) dphi max rel diff={prel:.1e}: " + ", ".join(parts), flush=True)
                 except Exception as exc:
                     print(f"    variant {k2}: {type(exc).__name__}: {str(exc)[:300]}")
             del a

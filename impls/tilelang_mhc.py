@@ -26,9 +26,10 @@ x and dh_in are read twice from memory (K1 and K2): dh_pre needs a token's whole
 any of its dx can be written, while dphi needs column ownership to keep its accumulators on
 chip; one pass would need grid-wide synchronisation between the two. That second read puts
 this design's floor at 1.56x the backward's memory roofline (6.58 GB moved instead of 4.23 at
-T=32768, n=4, D=7168, bf16). Measured on an H100 there: 2.71 ms = 1.93x the roofline, K1 1.10x
-and K2 1.28x their own bytes; K2 is bound on the SM side, not by DRAM. What was
-measured, tried and not kept (K2 variants, a one-pass kernel): docs/TILELANG-PERFORMANCE.md.
+T=32768, n=4, D=7168, bf16). Measured on an H100 there: 2.52 ms = 1.80x the roofline, K1 1.10x
+and K2 1.16x their own bytes; K2 is bound mostly on the SM side (shared-memory traffic). What
+was measured, tried and not kept (K2 variants, token chunks that stay in L2, a one-pass
+kernel): docs/TILELANG-PERFORMANCE.md.
 
 tilelang is imported lazily: this module imports without tilelang and without CUDA.
 """
@@ -170,7 +171,14 @@ def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256
     comes from DRAM once and from L2 the other n-1 times. Tuning: bt tokens per block;
     dx_direct: dx stored from registers (else staged in shared memory for a TMA store);
     hilo_in: the bf16 hi/lo halves of dh_mix come from K1 (else split here); min_blocks > 1
-    asks for that many CTAs per SM (caps the consumer warpgroups' registers)."""
+    asks for that many CTAs per SM.
+
+    The block loop is bound by shared-memory traffic, so what does not change from block to
+    block stays in registers: phi's columns, with gamma folded in (dvecX_mm * gamma =
+    dh_mix @ (phi * gamma)), are the dx MMA's B operand, and the per-token coef and h_pre are
+    read once per block, not once per element. The TMA producer warpgroups hand their
+    registers to the consumers (setmaxnreg), which hold them. K2 1.83 -> 1.64 ms at T=32768,
+    n=4, D=7168 (docs/TILELANG-PERFORMANCE.md)."""
     import tilelang.language as T
     from tilelang.layout import make_swizzled_layout
     g = _geometry(n, nc)
@@ -193,12 +201,12 @@ def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256
         with T.Kernel(n * T.ceildiv(D, NC), S, threads=threads) as (bj, bs):
             if min_blocks > 1:
                 T.annotate_min_blocks_per_sm(min_blocks)
-                T.annotate_producer_reg_dealloc(24)
-                T.annotate_consumer_reg_alloc(((65536 // min_blocks - 24 * threads) // threads) // 8 * 8)
+            T.annotate_producer_reg_dealloc(24)
+            T.annotate_consumer_reg_alloc(((65536 // min_blocks - 24 * threads) // threads) // 8 * 8)
             i = bj % n                       # stream
             d0 = (bj // n) * NC              # columns d0 .. d0+NC of stream i (flat i*D + d)
-            phiT_s = T.alloc_shared((NC, FP), F32)      # phi columns, K-major for the TF32 MMA
-            gam_s = T.alloc_shared((NC,), F32)
+            phiT_s = T.alloc_shared((NC, FP), F32)      # phi * gamma columns, K-major (TF32 MMA)
+            phi_r = T.alloc_fragment((NC, FP), F32)     # the same, as the dx MMA's B operand
             xs = T.alloc_shared((BT_, NC), dtype)
             dhs = T.alloc_shared((BT_, NC), dtype)
             dms = T.alloc_shared((BT_, FP), F32)
@@ -208,7 +216,9 @@ def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256
             # warp): row-major [BT, NC] puts those 8 rows in the same banks (8-way conflicts),
             # the swizzle that xs has for the MMAs spreads them (K2 2.13 -> 1.82 ms)
             T.annotate_layout({dhs: make_swizzled_layout(dhs)})
-            mm = T.alloc_fragment((BT_, NC), F32)       # dvecX_mm of the block
+            mm = T.alloc_fragment((BT_, NC), F32)       # dvecX_mm * gamma of the block
+            cf_r = T.alloc_fragment((BT_,), F32)        # coef and h_pre of the block's tokens
+            hp_r = T.alloc_fragment((BT_,), F32)
             P = T.alloc_fragment((FP, NC), F32)         # dh_mix^T @ x over the split
             tacc = T.alloc_fragment((BT_, FR), F32)     # dbias/dalpha token terms (bj == 0 only)
             if not dx_direct:
@@ -225,8 +235,10 @@ def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256
             for c, f in T.Parallel(NC, FP):
                 phiT_s[c, f] = T.if_then_else(f < F and d0 + c < D,
                                               phi[T.min(f, F - 1), i, T.min(d0 + c, D - 1)], 0.0)
-            for c in T.Parallel(NC):
-                gam_s[c] = T.if_then_else(d0 + c < D, gamma[i, T.min(d0 + c, D - 1)], 0.0)
+                # a second statement: written as one product under the condition, the same
+                # kernel took 1.73 ms instead of 1.64 (its block loop compiled identically)
+                phiT_s[c, f] = phiT_s[c, f] * gamma[i, T.min(d0 + c, D - 1)]
+            T.copy(phiT_s, phi_r)
             T.clear(P)
             T.clear(tacc)
             nb = T.ceildiv(Tn, BT_)
@@ -245,17 +257,20 @@ def _col_kernel(n: int, nc: int, dtype: str, stages: int = 2, threads: int = 256
                 if bj == 0:
                     for t, f in T.Parallel(BT_, FR):
                         tacc[t, f] += T.if_then_else(tb + t < Tn, tokred[tb + t, f], 0.0)
-                T.gemm(dms, phiT_s, mm, transpose_B=True, clear_accum=True)
+                T.gemm(dms, phi_r, mm, transpose_B=True, clear_accum=True)
+                for t in T.Parallel(BT_):
+                    cf_r[t] = cf_s[t]
+                    hp_r[t] = hp_s[t]
                 if dx_direct:
                     for t, c in T.Parallel(BT_, NC):
                         if tb + t < Tn and d0 + c < D:
                             dx[tb + t, i, d0 + c] = T.cast(
-                                mm[t, c] * gam_s[c] + cf_s[t] * T.cast(xs[t, c], F32)
-                                + hp_s[t] * T.cast(dhs[t, c], F32), dtype)
+                                mm[t, c] + cf_r[t] * T.cast(xs[t, c], F32)
+                                + hp_r[t] * T.cast(dhs[t, c], F32), dtype)
                 else:
                     for t, c in T.Parallel(BT_, NC):
-                        dxs[t, c] = T.cast(mm[t, c] * gam_s[c] + cf_s[t] * T.cast(xs[t, c], F32)
-                                           + hp_s[t] * T.cast(dhs[t, c], F32), dtype)
+                        dxs[t, c] = T.cast(mm[t, c] + cf_r[t] * T.cast(xs[t, c], F32)
+                                           + hp_r[t] * T.cast(dhs[t, c], F32), dtype)
                     T.copy(dxs, dx[tb:tb + BT_, i, d0:d0 + NC])
                 if split_bf16:
                     if not hilo_in:
