@@ -152,6 +152,8 @@ def cmd_run(args, console) -> int:
             console.print(f"[yellow]skip[/] {name}: {why}")
         else:
             runnable.append(name)
+    if not args.no_warm_up:
+        meta["warm_up"] = warm_up_backends(reg, runnable, console)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                         TimeRemainingColumn(), console=console, transient=False)
@@ -216,6 +218,27 @@ def cmd_run(args, console) -> int:
     if interrupted:
         return 130
     return EXIT_FOUND if doc["failed"] else EXIT_OK
+
+
+def warm_up_backends(reg, names, console) -> dict:
+    """Each backend's optional warm_up() (e.g. compiling every kernel its cases can reach into
+    a disk cache that the case workers then load from), before the time budget starts, so that
+    the budget goes to cases. {name: statistics} of those that have one."""
+    from impls.registry import warm_up
+    done = {}
+    for name in names:
+        if getattr(reg.get(name), "warm_up", None) is None:
+            continue
+        with console.status(f"warming up {name} (its warm_up(): e.g. compiling kernels ahead of time)"):
+            st = warm_up(reg.get(name))
+        done[name] = st
+        detail = ", ".join(f"{k} {v}" for k, v in st.items() if k not in ("seconds", "error"))
+        if "error" in st:
+            console.print(f"[yellow]warm-up of {name} failed[/] after {st['seconds']:.1f} s: {st['error']} "
+                          "(its cases run anyway and prepare what they need themselves)")
+        else:
+            console.print(f"warm-up {name}: {st['seconds']:.1f} s" + (f" ({detail})" if detail else ""))
+    return done
 
 
 def _select(reg, spec: str) -> list:
@@ -345,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-isolate", action="store_true", help="run backends in this process (no crash containment)")
     r.add_argument("--stop-on-first-failure", action="store_true")
     r.add_argument("--workers", default=None, help="N or auto: one worker per GPU (default 1)")
+    r.add_argument("--no-warm-up", action="store_true",
+                   help="skip the backends' warm_up() (by default it runs before the budget starts)")
 
     rp = sub.add_parser("replay", help="rerun report(s); exit 1 while any still fails")
     common(rp)

@@ -33,7 +33,7 @@ def _child_argv(args, seed: int, out: Path, budget_s: float) -> list:
     argv = [sys.executable, "-m", "fuzz.cli", "run", "--backend", args.backend, "--budget", f"{budget_s:.0f}s",
             "--profile", args.profile, "--seed", str(seed), "--reports", args.reports, "--out", str(out),
             "--db", args.db, "--case-timeout", str(args.case_timeout), "--device", args.device or "cuda",
-            "--workers", "1"]
+            "--workers", "1", "--no-warm-up"]
     for p in args.plugin:
         argv += ["--plugin", p]
     if args.tolerances:
@@ -57,6 +57,13 @@ def run_sharded(args, budget: float, device: str, console) -> int:
             raise HarnessError(f"--workers {args.workers!r}: expected a positive integer or auto")
     out = _writable_dir(args.out, "--out")
     _writable_dir(args.reports, "--reports")
+    warmed = {}
+    if not args.no_warm_up:          # once here; the workers then load what it prepared
+        from fuzz.check import backend_can_run
+        from fuzz.cli import _registry, _select, warm_up_backends
+        reg = _registry(args.plugin, console, quiet=True)
+        names = [nm for nm in _select(reg, args.backend) if not backend_can_run(reg.get(nm), device)]
+        warmed = warm_up_backends(reg, names, console)
     start = time.monotonic()
     workers = {}
 
@@ -90,6 +97,8 @@ def run_sharded(args, budget: float, device: str, console) -> int:
         if f.exists():
             summaries.append(json.loads(f.read_text()))
     merged = merge(summaries, n, device, budget)
+    if warmed:
+        merged["warm_up"] = warmed
     (out / "summary.json").write_text(json.dumps(merged, indent=2) + "\n")
     from rich.table import Table
     t = Table(title=f"mhc-fuzz summary, {n} workers")

@@ -82,6 +82,8 @@ def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
     stats_lines = [f"- {s.name}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                                for k, v in s.backend_stats.items())
                    for s in all_stats if s.backend_stats]
+    stats_lines += [f"- {name}: warm-up before the budget, " + ", ".join(f"{k} {v}" for k, v in st.items())
+                    for name, st in (meta.get("warm_up") or {}).items()]
     if stats_lines:
         lines += ["", "## Backend statistics (e.g. kernel compiles)", ""] + stats_lines
     for s in all_stats:

@@ -8,6 +8,11 @@ A backend is any object with
 and optionally
   forward(x, phi, alpha, bias, gamma=None) -> (h_in, h_post, h_res, inv_rms, h_mix, h_pre)
   unavailable_reason() -> str | None     (why it cannot run here, e.g. "no CUDA device")
+  stats() -> dict                        (counters of this process, e.g. kernel compiles, for
+                                          the run summary)
+  warm_up() -> dict | None               (prepare, before a run's time budget starts, what its
+                                          cases will need, e.g. compile every kernel they can
+                                          reach; the statistics returned go into the summary)
 
 Backends come from three places, in this order: the built-ins of this package, the
 entry-point group ``mhc_fuzz.backends`` (value ``module:attr``, an instance or a
@@ -20,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -171,6 +177,8 @@ def validate_backend(obj, source: str):
             fail(f"'backward' must take the 12 arguments of the contract, takes {len(positional)}")
     if obj.capabilities.has_forward and not callable(getattr(obj, "forward", None)):
         fail("capabilities.has_forward is set but 'forward' is not callable")
+    if hasattr(obj, "warm_up") and not callable(obj.warm_up):
+        fail("'warm_up' must be callable")
     return obj
 
 
@@ -183,6 +191,24 @@ def unavailable_reason(backend) -> str | None:
         return probe()
     except Exception as exc:  # a broken probe must not hide the other backends
         return f"availability check raised {type(exc).__name__}: {exc}"
+
+
+def warm_up(backend) -> dict | None:
+    """Run the backend's optional warm_up(): None when it has none, else {"seconds": wall
+    time, **its statistics}, or {"seconds", "error"} when it raised (the run goes on: the
+    cases then pay for what the warm-up would have prepared, and fail on what it could not)."""
+    hook = getattr(backend, "warm_up", None)
+    if hook is None:
+        return None
+    t0 = time.perf_counter()
+    try:
+        stats = hook() or {}
+    except Exception as exc:
+        return {"seconds": round(time.perf_counter() - t0, 2),
+                "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+    if not isinstance(stats, dict):
+        stats = {"result": repr(stats)[:100]}
+    return {"seconds": round(time.perf_counter() - t0, 2), **stats}
 
 
 def resolve_target(target: str, source: str):

@@ -7,8 +7,9 @@ import textwrap
 
 import pytest
 
+from impls.golden_backend import GoldenBackend
 from impls.registry import (BackendContractError, Capabilities, Registry, UnsupportedInputError,
-                            check_inputs, default_registry, resolve_target)
+                            check_inputs, default_registry, resolve_target, validate_backend, warm_up)
 from conftest import ROOT
 
 
@@ -143,3 +144,31 @@ def test_cli_backends_lists_and_reports_broken_entry_point(tmp_path):
     names = {b["name"] for b in doc["backends"]}
     assert {"golden", "ep_good"} <= names
     assert any("driver not found" in m for m in doc["errors"].values())
+
+
+def test_warm_up_is_optional_callable_and_contained():
+    class NoHook(GoldenBackend):
+        name = "no_hook"
+
+    class Hook(GoldenBackend):
+        name = "hook"
+
+        def warm_up(self):
+            return {"kernels": 7}
+
+    class Raises(GoldenBackend):
+        name = "raises"
+
+        def warm_up(self):
+            raise OSError("disk full\nmore detail")
+
+    class NotCallable(GoldenBackend):
+        name = "not_callable"
+        warm_up = 3
+
+    assert warm_up(NoHook()) is None
+    st = warm_up(Hook())
+    assert st["kernels"] == 7 and st["seconds"] >= 0
+    assert warm_up(Raises())["error"] == "OSError: disk full"          # one line, and the caller goes on
+    with pytest.raises(BackendContractError, match="'warm_up' must be callable"):
+        validate_backend(NotCallable(), "test")
