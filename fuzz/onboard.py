@@ -61,7 +61,7 @@ def run(args, console) -> int:
     from fuzz.cli import HarnessError, _prepare_cpu_env, _writable_dir, parse_budget, pick_device
     from fuzz.executor import SubprocessExecutor
     from fuzz.profiles import get_profile
-    from impls.registry import default_registry
+    from impls.registry import default_registry, warm_up
 
     if bool(args.target) == bool(args.backend):
         raise HarnessError("onboard: give either module:attr or --backend NAME")
@@ -95,6 +95,9 @@ def run(args, console) -> int:
     line("available", why is None, why or f"runs on {device}")
     if why:
         return _finish(console, card, args, name)
+    warmed = warm_up(b)
+    if warmed is not None:
+        line("warm-up", "error" not in warmed, ", ".join(f"{k} {v}" for k, v in warmed.items()))
 
     executor = SubprocessExecutor(plugins, device, args.tolerances, 300.0)
     try:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import sysconfig
 
+import pytest
+
 from conftest import ROOT
 
 ENV = dict(os.environ, COLUMNS="200", TRITON_INTERPRET="1")
@@ -37,11 +39,11 @@ def test_example_package_in_a_venv_is_discovered_and_onboarded(tmp_path):
         "inputs left unchanged", "no writes outside its buffers", "determinism as declared", "speed"}
 
 
-def _onboard(tmp_path, target):
+def _onboard(tmp_path, target, **env):
     card = tmp_path / "card.json"
     r = subprocess.run([sys.executable, "-m", "fuzz.cli", "onboard", target, "--device", "cpu", "--budget", "5s",
                         "--reports", tmp_path / "rep", "--json", card], cwd=ROOT, capture_output=True, text=True,
-                       env=dict(ENV, PYTHONPATH=str(ROOT)), timeout=600)
+                       env=dict(ENV, PYTHONPATH=str(ROOT), **env), timeout=600)
     return r, json.loads(card.read_text()) if card.exists() else None
 
 
@@ -55,3 +57,17 @@ def test_onboard_fails_a_buggy_backend_with_the_right_lines(tmp_path):
 def test_onboard_of_a_broken_target_fails_on_the_contract(tmp_path):
     r, doc = _onboard(tmp_path, "no_such_module_q:backend")
     assert r.returncode == 1 and not doc["checks"][0]["ok"] and "cannot import" in doc["checks"][0]["detail"]
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_onboard_runs_the_warm_up_first_and_shows_it(tmp_path, fail):
+    r, doc = _onboard(tmp_path, "tests.warm_up_probe:backend", MHC_WARM_UP_MARK=str(tmp_path / "mark"),
+                      MHC_WARM_UP_FAIL="1" if fail else "0")
+    checks = {c["check"]: c for c in doc["checks"]}
+    if fail:      # a warm-up that raises fails the card (and the probe's cases, unprepared, fail too)
+        assert r.returncode == 1 and not checks["warm-up"]["ok"]
+        assert "RuntimeError: toolchain missing" in checks["warm-up"]["detail"]
+    else:         # its cases ran after it: the sweep, which needs the warm-up's file, passes
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert checks["warm-up"]["ok"] and "prepared 3" in checks["warm-up"]["detail"]
+        assert checks["shape sweep within tolerance"]["ok"]
