@@ -224,15 +224,17 @@ def warm_up_backends(reg, names, console) -> dict:
     """Each backend's optional warm_up() (e.g. compiling every kernel its cases can reach into
     a disk cache that the case workers then load from), before the time budget starts, so that
     the budget goes to cases. {name: statistics} of those that have one."""
+    from fuzz.summary import format_stats
     from impls.registry import warm_up
     done = {}
     for name in names:
-        if getattr(reg.get(name), "warm_up", None) is None:
+        backend = reg.get(name)
+        if getattr(backend, "warm_up", None) is None:
             continue
         with console.status(f"warming up {name} (its warm_up(): e.g. compiling kernels ahead of time)"):
-            st = warm_up(reg.get(name))
+            st = warm_up(backend)
         done[name] = st
-        detail = ", ".join(f"{k} {v}" for k, v in st.items() if k not in ("seconds", "error"))
+        detail = format_stats({k: v for k, v in st.items() if k not in ("seconds", "error")})
         if "error" in st:
             console.print(f"[yellow]warm-up of {name} failed[/] after {st['seconds']:.1f} s: {st['error']} "
                           "(its cases run anyway and prepare what they need themselves)")

@@ -61,6 +61,7 @@ def run(args, console) -> int:
     from fuzz.cli import HarnessError, _prepare_cpu_env, _writable_dir, parse_budget, pick_device
     from fuzz.executor import SubprocessExecutor
     from fuzz.profiles import get_profile
+    from fuzz.summary import format_stats
     from impls.registry import default_registry, warm_up
 
     if bool(args.target) == bool(args.backend):
@@ -97,7 +98,7 @@ def run(args, console) -> int:
         return _finish(console, card, args, name)
     warmed = warm_up(b)
     if warmed is not None:
-        line("warm-up", "error" not in warmed, ", ".join(f"{k} {v}" for k, v in warmed.items()))
+        line("warm-up", "error" not in warmed, format_stats(warmed))
 
     executor = SubprocessExecutor(plugins, device, args.tolerances, 300.0)
     try:

@@ -67,6 +67,11 @@ def write_junit(path: Path, all_stats):
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
 
 
+def format_stats(stats: dict) -> str:
+    """A backend's statistics (stats(), warm_up()) on one line: "compiles 40, compile_seconds 183"."""
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+
+
 def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
     """summary.md with the table and, where matplotlib is installed, a plot of error/bound ratios."""
     lines = ["# mhc-fuzz run", "", f"- device: {meta.get('device')}  ", f"- budget: {meta.get('budget_s')} s, "
@@ -79,10 +84,8 @@ def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
               "| backend | " + " | ".join(COMPONENTS) + " |", "|---" * (len(COMPONENTS) + 1) + "|"]
     for s in all_stats:
         lines.append(f"| {s.name} | " + " | ".join(_fmt_ratio(s.worst.get(c)) for c in COMPONENTS) + " |")
-    stats_lines = [f"- {s.name}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                                               for k, v in s.backend_stats.items())
-                   for s in all_stats if s.backend_stats]
-    stats_lines += [f"- {name}: warm-up before the budget, " + ", ".join(f"{k} {v}" for k, v in st.items())
+    stats_lines = [f"- {s.name}: " + format_stats(s.backend_stats) for s in all_stats if s.backend_stats]
+    stats_lines += [f"- {name}: warm-up before the budget, " + format_stats(st)
                     for name, st in (meta.get("warm_up") or {}).items()]
     if stats_lines:
         lines += ["", "## Backend statistics (e.g. kernel compiles)", ""] + stats_lines

@@ -203,11 +203,10 @@ def warm_up(backend) -> dict | None:
     t0 = time.perf_counter()
     try:
         stats = hook() or {}
+        if not isinstance(stats, dict):
+            stats = {"result": repr(stats)[:100]}
     except Exception as exc:
-        return {"seconds": round(time.perf_counter() - t0, 2),
-                "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
-    if not isinstance(stats, dict):
-        stats = {"result": repr(stats)[:100]}
+        stats = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
     return {"seconds": round(time.perf_counter() - t0, 2), **stats}
 
 
