@@ -13,7 +13,8 @@ import time
 
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams
-from fuzz.check import CRASH, TIMEOUT, CaseResult, run_case
+from fuzz.check import CaseResult, run_case
+from fuzz.kinds import FailureKind
 from impls.registry import default_registry
 
 STARTUP_TIMEOUT_S = 300.0
@@ -118,10 +119,10 @@ class SubprocessExecutor:
             if self._conn.poll(self.case_timeout_s):
                 _, payload = self._conn.recv()
                 return CaseResult.from_dict(payload)
-            kind, why = TIMEOUT, f"no result within the per-case timeout of {self.case_timeout_s:g} s"
+            kind, why = FailureKind.TIMEOUT, f"no result within the per-case timeout of {self.case_timeout_s:g} s"
         except (EOFError, BrokenPipeError, ConnectionResetError):
             self._proc.join(10)
-            kind, why = CRASH, _describe_exit(self._proc.exitcode)
+            kind, why = FailureKind.CRASH, _describe_exit(self._proc.exitcode)
         self._kill()
         self.restarts += 1
         return CaseResult(backend_name, params, self.device, "fail", kind, [], why, time.perf_counter() - t0)

@@ -57,7 +57,8 @@ def refusal_cases(caps):
 
 def run(args, console) -> int:
     from fuzz import engine
-    from fuzz.check import ACCEPTED_UNSUPPORTED, INPUT_MUTATED, NONDETERMINISTIC, OUT_OF_BOUNDS, backend_can_run
+    from fuzz.check import backend_can_run
+    from fuzz.kinds import FailureKind
     from fuzz.cli import HarnessError, _prepare_cpu_env, _writable_dir, parse_budget, pick_device
     from fuzz.executor import SubprocessExecutor
     from fuzz.profiles import get_profile
@@ -114,10 +115,12 @@ def run(args, console) -> int:
              f"{len(sweep) - len(fails)}/{len(sweep)} cases pass, worst error/bound "
              f"{max((r.worst_ratio() for r in sweep), default=0):.3g}"
              + ("" if not fails else f"; first failure: {fails[0].params.short()}: {fails[0].kind} {fails[0].message[:150]}"))
-        for kind, check in ((INPUT_MUTATED, "inputs left unchanged"), (OUT_OF_BOUNDS, "no writes outside its buffers"),
-                            (NONDETERMINISTIC, "determinism as declared"), (ACCEPTED_UNSUPPORTED, "stays within its claims")):
+        for kind, check in ((FailureKind.INPUT_MUTATED, "inputs left unchanged"),
+                            (FailureKind.OUT_OF_BOUNDS, "no writes outside its buffers"),
+                            (FailureKind.NONDETERMINISTIC, "determinism as declared"),
+                            (FailureKind.ACCEPTED_UNSUPPORTED, "stays within its claims")):
             hit = [r for r in sweep + [r for _, r in refusals] if r.kind == kind]
-            line(check, not hit, hit[0].message[:150] if hit else ("checked on every sweep case" if kind != NONDETERMINISTIC
+            line(check, not hit, hit[0].message[:150] if hit else ("checked on every sweep case" if kind != FailureKind.NONDETERMINISTIC
                  or caps.deterministic else "declares non-deterministic: not required"))
 
         profile = get_profile(args.profile)
