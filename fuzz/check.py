@@ -16,6 +16,7 @@ import torch
 from fuzz import compare as cmp
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams, Inputs, make_inputs
+from fuzz.context import CallContext
 from fuzz.guards import damaged, guarded
 from fuzz.kinds import FailureKind
 from fuzz.precision import UNIT_ROUNDOFF
@@ -37,6 +38,7 @@ class CaseResult:
     message: str = ""
     seconds: float = 0.0
     backend_stats: dict = field(default_factory=dict)   # e.g. compile counts, from backend.stats()
+    history: list = field(default_factory=list)         # earlier calls it needs: [{"backend", "params"}]
 
     @property
     def failed(self) -> bool:
@@ -56,7 +58,7 @@ class CaseResult:
         return dict(backend=self.backend, params=self.params.to_dict(), device=self.device,
                     status=self.status, kind=self.kind, message=self.message,
                     seconds=round(self.seconds, 4), verdicts=[v.to_dict() for v in self.verdicts],
-                    backend_stats=self.backend_stats)
+                    backend_stats=self.backend_stats, history=self.history)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CaseResult":
@@ -64,7 +66,7 @@ class CaseResult:
         return cls(d["backend"], CaseParams.from_dict(d["params"]), d["device"], d["status"],
                    FailureKind(kind) if kind else "",
                    [cmp.Verdict.from_dict(v) for v in d.get("verdicts", [])], d.get("message", ""),
-                   d.get("seconds", 0.0), d.get("backend_stats") or {})
+                   d.get("seconds", 0.0), d.get("backend_stats") or {}, d.get("history") or [])
 
 
 def _clone(inp: Inputs) -> dict:
@@ -188,7 +190,7 @@ def inputs_unchanged(c: CaseRun):
 def backward_values(c: CaseRun):
     ref, mags = c.truth()
     p = c.res.params
-    verdicts, kind = _judge(c.outputs, p, c.res.device, "backward", ref, mags, c.tols, c.caps)
+    verdicts, kind = _judge(c.outputs, p, c.inp.x.device, "backward", ref, mags, c.tols, c.caps)
     c.res.verdicts = verdicts
     if kind:
         c.fail(kind, _verdict_message(verdicts))
@@ -203,10 +205,43 @@ def forward_values(c: CaseRun):
     except Exception as exc:
         c.fail(FailureKind.EXCEPTION, f"forward raised {type(exc).__name__}: {exc}")
         return
-    verdicts, kind = _judge(fwd, c.res.params, c.res.device, "forward", ref, mags, c.tols, c.caps)
+    verdicts, kind = _judge(fwd, c.res.params, c.inp.x.device, "forward", ref, mags, c.tols, c.caps)
     c.res.verdicts += verdicts
     if kind:
         c.fail(kind, _verdict_message(verdicts))
+
+
+def repeated_call(c: CaseRun):
+    """Call 2 on the same inputs, in the same context, judged like call 1: when the case asks
+    for it (calls=2), and, for a backend declared deterministic, whenever call 1 is out of
+    bounds (is it only the first call of this shape that is wrong?). Call 1 wrong and call 2
+    right is a first-call failure; call 1 right and call 2 wrong, a repeated-call failure (state
+    kept across calls); both right, they must be bitwise equal where determinism is declared.
+    Both wrong is left to backward_values."""
+    p = c.res.params
+    ref, mags = c.truth()
+    first, kind1 = _judge(c.outputs, p, c.inp.x.device, "backward", ref, mags, c.tols, c.caps)
+    if kind1 == FailureKind.CONTRACT or (p.calls == 1 and not (kind1 and c.caps.deterministic)):
+        return
+    try:
+        again = c.backend.backward(*_fresh(c.inp, c.before))
+    except Exception as exc:
+        c.fail(FailureKind.EXCEPTION, f"call 2 on the same inputs raised {type(exc).__name__}: {exc}")
+        return
+    second, kind2 = _judge(again, p, c.inp.x.device, "backward", ref, mags, c.tols, c.caps)
+    if kind1 and not kind2:
+        c.res.verdicts = first
+        c.fail(FailureKind.FIRST_CALL, "call 1 out of bounds, call 2 on the same inputs within them: "
+               + _verdict_message(first))
+    elif kind2 and not kind1:
+        c.res.verdicts = second
+        c.fail(FailureKind.REPEATED_CALL, "call 1 within bounds, call 2 on the same inputs out of them: "
+               + _verdict_message(second))
+    elif not kind1 and c.caps.deterministic:
+        diff = [n for n, a, b in zip(BACKWARD_OUTPUTS, c.outputs, again) if not torch.equal(a, b)]
+        if diff:
+            c.fail(FailureKind.NONDETERMINISTIC,
+                   f"declared deterministic, but calls 1 and 2 differ bitwise in {', '.join(diff)}")
 
 
 def determinism(c: CaseRun):
@@ -223,13 +258,17 @@ def determinism(c: CaseRun):
                f"declared deterministic, but two runs differ bitwise in {', '.join(diff)}")
 
 
-CHECKS = (call_backend, guard_regions, inputs_unchanged, backward_values, forward_values, determinism)
+CHECKS = (call_backend, guard_regions, inputs_unchanged, repeated_call, backward_values, forward_values, determinism)
 
 
 def run_case(backend, params: CaseParams, device: str = "cpu", tolerances=None,
              check_determinism: bool | None = None, check_forward: bool = True) -> CaseResult:
-    """Run `backend` on `params` and judge it. Never raises for a backend's misbehaviour."""
-    return run_inputs(backend, make_inputs(params, device), device, tolerances, check_determinism, check_forward)
+    """Run `backend` on `params`, in the case's execution context (fuzz/context.py), and judge
+    it. Never raises for a backend's misbehaviour (ValueError when this machine cannot give
+    the case its context: fuzz.context.unavailable says so beforehand)."""
+    context = CallContext(params, device)
+    return run_inputs(context.wrap(backend), make_inputs(params, context.input_device), device, tolerances,
+                      check_determinism, check_forward)
 
 
 def run_inputs(backend, inp: Inputs, device: str = "cpu", tolerances=None,
@@ -264,7 +303,7 @@ def _fresh(inp: Inputs, before: dict):
     args = []
     for k in Inputs.BACKWARD_ARGS:
         t = getattr(inp, k)
-        if t is not None:
+        if t is not None and not torch.equal(t, before[k]):   # (an expanded input cannot be written)
             t.copy_(before[k])
         args.append(t)
     return args

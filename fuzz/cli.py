@@ -292,7 +292,14 @@ def cmd_replay(args, console) -> int:
         if why:
             raise HarnessError(f"{path}: backend {name} cannot run on {device}: {why}")
         params = CaseParams.from_dict(rep["params"])
-        if args.isolate:
+        from fuzz.context import unavailable
+        from fuzz.history import needs_fresh_worker, replay_in_fresh_worker
+        if unavailable(params, device):
+            raise HarnessError(f"{path}: cannot replay here: {unavailable(params, device)}")
+        if needs_fresh_worker(rep):     # earlier calls, or the first call in a process
+            res = replay_in_fresh_worker(rep, name, device, list(rep.get("plugins") or []) + list(args.plugin),
+                                         args.tolerances, args.case_timeout)
+        elif args.isolate:
             from fuzz.executor import SubprocessExecutor
             ex = SubprocessExecutor(list(rep.get("plugins") or []) + list(args.plugin), device, args.tolerances,
                                     args.case_timeout)

@@ -44,8 +44,9 @@ def contract_problem(name: str, out, expected_shape, expected_dtype, expected_de
         return f"{name}: shape {tuple(out.shape)}, expected {tuple(expected_shape)}"
     if out.dtype != expected_dtype:
         return f"{name}: dtype {out.dtype}, expected {expected_dtype}"
-    if out.device.type != torch.device(expected_device).type:
-        return f"{name}: on {out.device}, expected {expected_device}"
+    want = torch.device(expected_device)     # with an index: that device exactly (cuda:1 is not cuda:0)
+    if out.device.type != want.type or (want.index is not None and out.device.index != want.index):
+        return f"{name}: on {out.device}, expected {want}"
     return ""
 
 

@@ -20,8 +20,9 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from fuzz.cases import CaseParams
 from fuzz.check import CaseResult
 from fuzz.executor import WorkerStartError
+from fuzz.history import HistoryTriage
 from fuzz.reports import build_report, case_size, environment, write_report
-from fuzz.strategies import cases, unsupported_cases
+from fuzz.strategies import cases, context_space, unsupported_cases
 from fuzz.truth import BACKWARD, FORWARD
 
 COMPONENTS = BACKWARD + FORWARD
@@ -133,15 +134,19 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
     # The run seed shifts every case's tensor seed, so shards with different seeds explore
     # different data. (Hypothesis's own @seed would also switch its example database off.)
     shift = opts.seed * 1_000_003
-    supported = cases(caps, opts.limits, seeds=st.integers(0, 2**31 - 1).map(lambda s: (s + shift) % 2**31))
+    supported = cases(caps, opts.limits, seeds=st.integers(0, 2**31 - 1).map(lambda s: (s + shift) % 2**31),
+                      space=context_space(opts.device, executor))
+    options = dict(check_determinism=None if opts.check_determinism else False)
+    # failures that may need the calls before them (fuzz/history.py): with a worker process only
+    triage = HistoryTriage(executor, caps.deterministic, options) if hasattr(executor, "run_sequence") else None
     outside = unsupported_cases(caps, opts.device)
     # about one case in ten probes the refusal of an unsupported input (shrinks to supported)
     strategy = supported if outside is None else st.one_of(*[supported] * 9, outside)
 
-    def record_failure(res: CaseResult):
+    def record_failure(res: CaseResult, seen_at: float):
         sig = res.signature()
         old = stats.findings.get(sig)
-        now = time.monotonic() - start
+        now = seen_at - start
         if stats.first_failure_s is None:
             stats.first_failure_s, stats.first_failure_case = now, stats.cases
         if old is not None and case_size(old.result.params) <= case_size(res.params):
@@ -163,7 +168,10 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         if time.monotonic() > deadline:
             return   # out of budget: passing quickly lets Hypothesis wind down
         try:
-            res = executor.run(name, params, check_determinism=None if opts.check_determinism else False)
+            res = executor.run(name, params, **options)
+            seen_at = time.monotonic()
+            # history-dependent? (None: a failure already recorded as history-dependent)
+            found = triage.classify(res) if res.failed and triage is not None else res
         except WorkerStartError as exc:
             fatal.append(exc)      # not a finding: stop the run and say why
             raise
@@ -173,9 +181,9 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         for v in res.verdicts:
             if math.isfinite(v.worst_ratio):
                 target(min(v.worst_ratio, 1e12), label=v.component)
-        if res.failed:
-            record_failure(res)
-            raise _failure_type(res.signature())(f"{res.signature()}: {res.message}")
+        if found is not None and found.failed:
+            record_failure(found, seen_at)
+            raise _failure_type(found.signature())(f"{found.signature()}: {found.message}")
 
     fatal = []
     while time.monotonic() < deadline and not (opts.stop_on_first_failure and stats.findings):

@@ -3,21 +3,29 @@
 A backend under test can segfault, lose its CUDA context (illegal address, device
 assert) or hang. SubprocessExecutor runs each case in a long-lived worker process; a
 worker that dies or overruns the per-case timeout is replaced, and the case is returned
-as a CRASH or TIMEOUT failure, so the run goes on."""
+as a CRASH or TIMEOUT failure, so the run goes on.
+
+It also keeps the log of the calls its worker has run (what a history-dependent failure may
+need again, fuzz/history.py), and runs a case, or a sequence of calls, in a fresh process
+that has run nothing before (run_fresh, run_sequence; fuzz/fresh.py): a case with
+first_call set always runs there."""
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import signal
 import time
+from collections import deque
 
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams
 from fuzz.check import CaseResult, run_case
+from fuzz.fresh import FreshProcesses, run_calls
 from fuzz.kinds import FailureKind
 from impls.registry import default_registry
 
 STARTUP_TIMEOUT_S = 300.0
+CALL_LOG_LENGTH = 32          # calls of the current worker kept for a history-dependent failure
 
 
 class WorkerStartError(RuntimeError):
@@ -52,8 +60,7 @@ def _worker_main(conn, plugins, device, tolerances_path, env):
         if msg is None:
             return
         name, params, options = msg
-        result = run_case(registry.get(name), CaseParams.from_dict(params), device, tolerances, **options)
-        conn.send(("result", result.to_dict()))
+        conn.send(("result", run_calls(registry, tolerances, device, name, params, options)))
 
 
 def _describe_exit(code) -> str:
@@ -78,6 +85,9 @@ class SubprocessExecutor:
         self.env = dict(env or {})
         self.restarts = 0
         self._proc = self._conn = None
+        self.call_log = deque(maxlen=CALL_LOG_LENGTH)   # (backend, params) run by the current worker
+        self._log_pid = None
+        self._fresh = None                                # fuzz/fresh.py, started when first needed
 
     def _start(self):
         ctx = mp.get_context("spawn")
@@ -106,13 +116,19 @@ class SubprocessExecutor:
 
     def warm(self):
         """Start the worker now (imports, CUDA init), so that it is not charged to a case."""
+        if self._fresh is None:       # and, in the background, the template of fresh processes
+            self._fresh = FreshProcesses(self.plugins, self.device, self.tolerances_path, self.env, self.case_timeout_s)
+        self._fresh.start()
         if self._proc is None or not self._proc.is_alive():
             if self._proc is not None:
                 self.restarts += 1
             self._start()
 
     def run(self, backend_name: str, params: CaseParams, **options) -> CaseResult:
+        if params.first_call:
+            return self.run_fresh(backend_name, params, **options)
         self.warm()
+        self._log_call(backend_name, params)
         t0 = time.perf_counter()
         try:
             self._conn.send((backend_name, params.to_dict(), options))
@@ -136,3 +152,32 @@ class SubprocessExecutor:
         if self._proc is not None:
             self._proc.join(5)
         self._kill()
+        if self._fresh is not None:
+            self._fresh.close()
+
+    # ------------------------------------------------------------ call log and fresh workers
+    def _log_call(self, backend_name: str, params: CaseParams):
+        if self._proc.pid != self._log_pid:     # a new worker has no history
+            self.call_log.clear()
+            self._log_pid = self._proc.pid
+        self.call_log.append((backend_name, params))
+
+    def recent_calls(self) -> list:
+        """[(backend, params)] the current worker ran before its last call, oldest first."""
+        return list(self.call_log)[:-1]
+
+    def run_fresh(self, backend_name: str, params: CaseParams, **options) -> CaseResult:
+        """Run one case in a process that has run nothing before."""
+        return self.run_sequence(backend_name, params, (), **options)[0]
+
+    def run_sequence(self, backend_name: str, params: CaseParams, history=(), **options) -> tuple:
+        """Run the calls of `history` [(backend, params)], then the case, in a fresh process.
+        Returns (the case's result, [signature of each earlier call's failure, or ""])."""
+        if self._fresh is None:
+            self._fresh = FreshProcesses(self.plugins, self.device, self.tolerances_path, self.env, self.case_timeout_s)
+        t0 = time.perf_counter()
+        status, payload = self._fresh.run(backend_name, params, history, options)
+        if status == "result":
+            return CaseResult.from_dict(payload), payload.get("earlier", [])
+        kind = FailureKind.TIMEOUT if status == "timeout" else FailureKind.CRASH
+        return CaseResult(backend_name, params, self.device, "fail", kind, [], payload, time.perf_counter() - t0), []

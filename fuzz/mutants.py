@@ -2,7 +2,9 @@
 
 A mutant is killed when the fuzzer reports any failure for it; the table also shows the
 failure kind (the containment mutants must get their own kind), the time to the first
-failure and the size of the minimized case."""
+failure and the size of the minimized case. A mutant whose bug cannot show on this machine
+(a stream needs CUDA, another device two GPUs) is listed as skipped, with the reason, and
+counts neither as killed nor as survived."""
 from __future__ import annotations
 
 import importlib
@@ -59,9 +61,15 @@ def run(args, console) -> int:
     executor = SubprocessExecutor(targets + list(args.plugin), device, args.tolerances, args.case_timeout,
                                   env={"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(),
                                                                                   os.environ.get("PYTHONPATH")]))})
+    from fuzz.check import backend_can_run
     rows = []
     try:
         for cls in classes:
+            why = backend_can_run(reg.get(cls.name), device)
+            if why:
+                console.print(f"skipping mutant {cls.name}: {why}")
+                rows.append(_skipped_row(cls, why))
+                continue
             console.print(f"fuzzing mutant {cls.name} ...")
             opts = engine.FuzzOptions(device=device, chunk_examples=profile.chunk_examples,
                                       limits=profile.limits(device), seed=args.seed, database=None,
@@ -71,13 +79,15 @@ def run(args, console) -> int:
     finally:
         executor.close()
     console.print(_table(rows, device))
-    survived = [r["mutant"] for r in rows if not r["killed"]]
+    survived = [r["mutant"] for r in rows if not r["killed"] and not r["skipped"]]
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "mutants": rows}, indent=2) + "\n")
     if survived:
         console.print(f"[red]survived:[/] {', '.join(survived)}")
         return 1
-    console.print(f"[green]all {len(rows)} mutants killed[/]")
+    skipped = sum(bool(r["skipped"]) for r in rows)
+    console.print(f"[green]all {len(rows) - skipped} mutants killed[/]"
+                  + (f" ({skipped} skipped: their bugs cannot show on this machine)" if skipped else ""))
     return 0
 
 
@@ -91,10 +101,18 @@ def _row(cls, stats) -> dict:
         "mutant": cls.name, "description": cls.description, "expected_kind": cls.expected,
         "killed": bool(findings), "kinds": kinds, "expected_kind_found": cls.expected in kinds,
         "cases": stats.cases, "seconds_to_first_failure": None if first is None else round(first.detected_after_s, 2),
-        "minimized_case": None if smallest is None else smallest.result.params.short(),
+        "minimized_case": None if smallest is None else smallest.result.params.short() + (
+            f" after {len(smallest.result.history)} earlier call(s)" if smallest.result.history else ""),
         "minimized_elements": None if smallest is None else case_size(smallest.result.params)[0],
         "report": None if smallest is None or smallest.path is None else str(smallest.path),
+        "skipped": None,
     }
+
+
+def _skipped_row(cls, why: str) -> dict:
+    return {"mutant": cls.name, "description": cls.description, "expected_kind": cls.expected, "killed": False,
+            "kinds": [], "expected_kind_found": False, "cases": 0, "seconds_to_first_failure": None,
+            "minimized_case": None, "minimized_elements": None, "report": None, "skipped": why}
 
 
 def _table(rows, device) -> Table:
@@ -102,7 +120,8 @@ def _table(rows, device) -> Table:
     for col in ("mutant", "verdict", "kind found (expected)", "first failure", "cases", "minimized case", "elements"):
         t.add_column(col)
     for r in rows:
-        verdict = "[green]killed[/]" if r["killed"] else "[red]SURVIVED[/]"
+        verdict = ("[green]killed[/]" if r["killed"] else f"[yellow]skipped[/] ({r['skipped']})" if r["skipped"]
+                   else "[red]SURVIVED[/]")
         kinds = ",".join(r["kinds"]) or "-"
         if r["killed"] and not r["expected_kind_found"]:
             kinds += f" [yellow](expected {r['expected_kind']})[/]"

@@ -116,7 +116,14 @@ class ReportItem(pytest.Item):
         if params.T * params.n * params.D > limit and b.capabilities.refusal(
                 device=self.device, x_dtype=params.x_dtype, n=params.n, D=params.D, T=params.T) is None:
             pytest.skip(f"case of {params.T * params.n * params.D} elements is too big for {self.device}")
-        res = run_case(b, params, self.device)
+        from fuzz.context import unavailable
+        from fuzz.history import needs_fresh_worker, replay_in_fresh_worker
+        if unavailable(params, self.device):
+            pytest.skip(f"report {self.report['id']}: {unavailable(params, self.device)}")
+        if needs_fresh_worker(self.report):    # earlier calls, or the first call in a process
+            res = replay_in_fresh_worker(self.report, self.backend, self.device, tuple(self.report.get("plugins") or ()))
+        else:
+            res = run_case(b, params, self.device)
         if res.failed:
             raise ReportFailure(f"{res.kind}: {res.message}")
 

@@ -33,7 +33,8 @@ def case_size(params: CaseParams) -> tuple:
     p = params
     fancy = (abs(p.x_scale) + abs(p.grad_scale) + abs(p.phi_scale) + abs(p.gamma_scale)
              + abs(p.bias_shift) + p.zero_tokens + p.outliers + (p.layout != "contiguous")
-             + (p.x_dtype != "bf16") + (not p.use_gamma) + sum(a != 1.0 for a in p.alpha))
+             + (p.x_dtype != "bf16") + (not p.use_gamma) + sum(a != 1.0 for a in p.alpha)
+             + len(p.arg_layouts) + len(p.arg_dtypes) + len(p.context()))
     return (p.T * p.n * p.D, p.T, p.D, p.n, fancy)
 
 
@@ -86,6 +87,8 @@ def build_report(result, *, detected_after_s: float | None = None, plugins=(), e
         "environment": env if env is not None else environment(result.device),
         "plugins": list(plugins),
         "replay": f"mhc-fuzz replay {{path}}{plugin_flags}",
+        # the calls its process must make first (a history-dependent failure; replay makes them)
+        "history": list(result.history),
         # An unfixed bug stays here as a strict expected failure: set "fixed": false with a reason.
         "expected_failure": None,
     }
@@ -182,6 +185,15 @@ def load_report(path: str | Path) -> dict:
         CaseParams.from_dict(doc["params"])
     except (TypeError, ValueError) as exc:
         raise ReportError(f"{path}: params: {exc}") from exc
+    history = doc.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(h, dict) and isinstance(h.get("backend"), str)
+                                                and isinstance(h.get("params"), dict) for h in history):
+        raise ReportError(f"{path}: history must be a list of {{\"backend\": name, \"params\": {{...}}}}")
+    try:
+        for h in history:
+            CaseParams.from_dict(h["params"])
+    except (TypeError, ValueError) as exc:
+        raise ReportError(f"{path}: history: params: {exc}") from exc
     xf = doc.get("expected_failure")
     if xf is not None and not (isinstance(xf, dict) and isinstance(xf.get("reason"), str)):
         raise ReportError(f"{path}: expected_failure must be null or an object with a 'reason' string")

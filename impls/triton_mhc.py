@@ -41,6 +41,7 @@ import os
 import torch
 
 from impls.golden import HC_EPS, NORM_EPS, mix_width
+from impls.schema import SMALL_ARGS
 from impls.registry import Capabilities, UnsupportedInputError, check_inputs
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -671,6 +672,8 @@ class TritonBackend:
         deterministic=True,      # fixed-order two-stage reductions, no atomics
         gemm_precision=_declared_precision(),
         has_forward=True,
+        # the small inputs are copied to contiguous fp32 (_small), x and dh_in keep any layout
+        input_dtypes={name: ("fp32", "bf16", "fp16") for name in SMALL_ARGS},
         notes=f"fp32 x fp32 products: {DOT_PRECISION}; dx for 16-bit x: {DX16_DOT_PRECISION}; "
               "dphi for bf16 x: exact 3-piece bf16 split"
               + ("; TRITON_INTERPRET=1" if INTERPRET else ""),
@@ -686,12 +689,13 @@ class TritonBackend:
         return None
 
     def backward(self, x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma):
-        check_inputs(self.capabilities, self.name, x)
+        check_inputs(self.capabilities, self.name, x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
+                     dh_in, dh_post, dh_res, gamma)
         return mhc_backward_triton(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
                                    dh_in, dh_post, dh_res, gamma)
 
     def forward(self, x, phi, alpha, bias, gamma=None):
-        check_inputs(self.capabilities, self.name, x)
+        check_inputs(self.capabilities, self.name, x, phi, alpha, bias, gamma)
         return mhc_forward_pre_triton_optimized(x, phi, alpha, bias, gamma)
 
 

@@ -376,7 +376,9 @@ CORRECTNESS = [Stream0Only, DbiasResTwice, DgammaNoInvRmsRes, DTailUnmasked, Las
                LowPrecisionSumSq, WrongSign, RacyDoubleCount, UndeclaredTF32]
 CONTAINMENT = [Segfaults, Hangs, WritesOutOfBounds, MutatesInput, Nondeterministic, Raises, WrongDtype,
                NanWithoutEps, AcceptsUnsupported]
-ALL = CORRECTNESS + CONTAINMENT
+from tests.mutants.context import CONTEXT  # noqa: E402  (context and call-history bugs)
+
+ALL = CORRECTNESS + CONTAINMENT + CONTEXT
 
 for _cls in ALL:
     globals()[_cls.name] = _cls()
