@@ -111,15 +111,17 @@ def _template_main(conn, plugins, device, tolerances_path, env):
 class FreshProcesses:
     """run(): a sequence of calls in a new process each time (see the module doc)."""
 
-    def __init__(self, plugins, device: str, tolerances_path, env: dict, case_timeout_s: float):
+    def __init__(self, plugins, device: str, tolerances_path, env: dict, case_timeout_s: float,
+                 template: bool = True):
         self.args = (tuple(plugins), device, tolerances_path, dict(env))
         self.device, self.case_timeout_s = device, case_timeout_s
         self._proc = self._conn = None
-        self._forks = None          # None: not known yet; False: spawn a worker per run instead
+        # None: not known yet; False: spawn a worker per run (also for a single run: no template)
+        self._forks = None if template else False
 
     def start(self):
         """Start the template process in the background (its imports take seconds)."""
-        if self._proc is None or not self._proc.is_alive():
+        if self._forks is not False and (self._proc is None or not self._proc.is_alive()):
             ctx = mp.get_context("spawn")
             self._conn, child = ctx.Pipe()
             self._proc = ctx.Process(target=_template_main, args=(child, *self.args), daemon=True)
@@ -130,6 +132,8 @@ class FreshProcesses:
     def _template(self):
         """The template's connection, or None when its children cannot be used (spawn instead)."""
         from fuzz.executor import WorkerStartError
+        if self._forks is False:
+            return None
         self.start()
         if self._forks is None:
             if not self._conn.poll(STARTUP_TIMEOUT_S):

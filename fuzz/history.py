@@ -113,13 +113,14 @@ def needs_fresh_worker(report: dict) -> bool:
 
 def replay_in_fresh_worker(report: dict, backend: str, device: str, plugins=(), tolerances=None,
                            case_timeout_s: float = 300.0) -> CaseResult:
-    """A report's earlier calls, then its case, in a fresh worker process (the report's verdict
+    """A report's earlier calls, then its case, in a new worker process (the report's verdict
     is its case's)."""
-    from fuzz.executor import SubprocessExecutor
-    ex = SubprocessExecutor(plugins, device, tolerances, case_timeout_s)
-    try:
-        history = [(h["backend"], CaseParams.from_dict(h["params"])) for h in report.get("history") or []]
-        res, _ = ex.run_sequence(backend, CaseParams.from_dict(report["params"]), history)
-        return res
-    finally:
-        ex.close()
+    from fuzz.fresh import FreshProcesses
+    runner = FreshProcesses(plugins, device, tolerances, {}, case_timeout_s, template=False)   # one run: no template
+    history = [(h["backend"], CaseParams.from_dict(h["params"])) for h in report.get("history") or []]
+    params = CaseParams.from_dict(report["params"])
+    status, payload = runner.run(backend, params, history)
+    if status == "result":
+        return CaseResult.from_dict(payload)
+    kind = FailureKind.TIMEOUT if status == "timeout" else FailureKind.CRASH
+    return CaseResult(backend, params, device, "fail", kind, [], payload)

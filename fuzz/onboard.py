@@ -92,7 +92,10 @@ def run(args, console) -> int:
     line("contract", True, f"name {name!r}, backward takes the 12 arguments, capabilities valid: "
          f"devices {caps.devices}, dtypes {caps.x_dtypes}, n {caps.n_values or 'any'}, "
          f"D multiple of {caps.d_multiple}{', <= %d' % caps.d_max if caps.d_max else ''}, "
-         f"GEMM {caps.gemm_summary()}, {'deterministic' if caps.deterministic else 'not deterministic'}")
+         f"GEMM {caps.gemm_summary()}, {'deterministic' if caps.deterministic else 'not deterministic'}, "
+         f"gamma {'required' if caps.gamma_required else 'optional'}, other dtypes "
+         f"{ {k: v for k, v in caps.input_dtypes.items() if tuple(v) != ('fp32',)} or 'none'}, layouts "
+         f"{caps.input_layouts or 'any'}")
     why = backend_can_run(b, device)
     line("available", why is None, why or f"runs on {device}")
     if why:
