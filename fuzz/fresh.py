@@ -93,10 +93,6 @@ def _probe(device: str) -> bool:
 def _template_main(conn, plugins, device, tolerances_path, env):
     os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:          # it starts in the background: its imports take only CPU the case worker leaves
-        os.nice(10)
-    except OSError:
-        pass
     registry = default_registry(plugins)
     tolerances = tolmod.load(tolerances_path)
     conn.send(("ready", _probe(device)))
