@@ -87,7 +87,7 @@ class SubprocessExecutor:
         self._proc = self._conn = None
         self.call_log = deque(maxlen=CALL_LOG_LENGTH)   # (backend, params) run by the current worker
         self._log_pid = None
-        self._fresh = None                                # fuzz/fresh.py, started when first needed
+        self._fresh = None             # fresh processes (fuzz/fresh.py), started when first needed
 
     def _start(self):
         ctx = mp.get_context("spawn")
@@ -116,9 +116,6 @@ class SubprocessExecutor:
 
     def warm(self):
         """Start the worker now (imports, CUDA init), so that it is not charged to a case."""
-        if self._fresh is None:       # and, in the background, the template of fresh processes
-            self._fresh = FreshProcesses(self.plugins, self.device, self.tolerances_path, self.env, self.case_timeout_s)
-        self._fresh.start()
         if self._proc is None or not self._proc.is_alive():
             if self._proc is not None:
                 self.restarts += 1
@@ -166,6 +163,11 @@ class SubprocessExecutor:
         """[(backend, params)] the current worker ran before its last call, oldest first."""
         return list(self.call_log)[:-1]
 
+    def _fresh_processes(self) -> FreshProcesses:
+        if self._fresh is None:
+            self._fresh = FreshProcesses(self.plugins, self.device, self.tolerances_path, self.env, self.case_timeout_s)
+        return self._fresh
+
     def run_fresh(self, backend_name: str, params: CaseParams, **options) -> CaseResult:
         """Run one case in a process that has run nothing before."""
         return self.run_sequence(backend_name, params, (), **options)[0]
@@ -173,10 +175,8 @@ class SubprocessExecutor:
     def run_sequence(self, backend_name: str, params: CaseParams, history=(), **options) -> tuple:
         """Run the calls of `history` [(backend, params)], then the case, in a fresh process.
         Returns (the case's result, [signature of each earlier call's failure, or ""])."""
-        if self._fresh is None:
-            self._fresh = FreshProcesses(self.plugins, self.device, self.tolerances_path, self.env, self.case_timeout_s)
         t0 = time.perf_counter()
-        status, payload = self._fresh.run(backend_name, params, history, options)
+        status, payload = self._fresh_processes().run(backend_name, params, history, options)
         if status == "result":
             return CaseResult.from_dict(payload), payload.get("earlier", [])
         kind = FailureKind.TIMEOUT if status == "timeout" else FailureKind.CRASH
