@@ -59,7 +59,10 @@ def run(args, console) -> int:
     from fuzz import engine
     from fuzz.check import backend_can_run
     from fuzz.kinds import FailureKind
-    from fuzz.cli import HarnessError, _prepare_cpu_env, _writable_dir, parse_budget, pick_device
+    from fuzz.errors import HarnessError
+    from fuzz.plan import parse_budget, pick_device
+    from fuzz.plan import prepare_device_env as _prepare_cpu_env
+    from fuzz.plan import writable_dir as _writable_dir
     from fuzz.executor import SubprocessExecutor
     from fuzz.profiles import get_profile
     from fuzz.summary import format_stats
