@@ -27,6 +27,11 @@ def add_parser(sub, common):
     m.add_argument("--case-timeout", type=float, default=5.0)
     m.add_argument("--reports", default="fuzz-out/mutant-reports", help="where the mutants' reports go")
     m.add_argument("--json", help="write the kill table as JSON")
+    m.add_argument("--max-cases", type=int, default=None, metavar="N",
+                   help="a mutant that survives N cases survives (with a budget long enough, a verdict "
+                        "that does not depend on the machine's speed)")
+    m.add_argument("--hypothesis-seed", type=int, default=None, metavar="S",
+                   help="seed Hypothesis: the same cases on every run")
 
 
 def run(args, console) -> int:
@@ -72,7 +77,9 @@ def run(args, console) -> int:
             expected = frozenset(getattr(cls, "expected_signatures", ()))
             try:
                 stats = fuzz_backend(cls.name, backend.capabilities, executor, budget,
-                                     plan.fuzz_options(stop_on_first_failure=True, stop_when_found=expected))
+                                     plan.fuzz_options(stop_on_first_failure=True, stop_when_found=expected,
+                                                       max_cases=args.max_cases,
+                                                       hypothesis_seed=args.hypothesis_seed))
             finally:
                 executor.close()
             rows.append(_row(cls, stats))
@@ -96,7 +103,7 @@ def run(args, console) -> int:
 def _skipped_row(cls, device, why) -> dict:
     return {"mutant": cls.name, "description": cls.description, "expected_kind": str(cls.expected),
             "killed": False, "skipped": f"needs what {device} lacks: {why}", "kinds": [],
-            "expected_kind_found": False, "cases": 0, "seconds_to_first_failure": None,
+            "expected_kind_found": False, "cases": 0, "cases_to_first_failure": None, "seconds_to_first_failure": None,
             "minimized_case": None, "minimized_elements": None, "report": None, "signatures": [],
             "expected_signatures_found": False}
 
@@ -112,7 +119,8 @@ def _row(cls, stats) -> dict:
         "mutant": cls.name, "description": cls.description, "expected_kind": str(cls.expected),
         "killed": bool(findings), "skipped": None, "kinds": kinds, "expected_kind_found": cls.expected in kinds,
         "signatures": sorted(stats.findings), "expected_signatures_found": expected_sigs <= set(stats.findings),
-        "cases": stats.cases, "seconds_to_first_failure": None if first is None else round(first.detected_after_s, 2),
+        "cases": stats.cases, "cases_to_first_failure": stats.first_failure_case,
+        "seconds_to_first_failure": None if first is None else round(first.detected_after_s, 2),
         "minimized_case": None if smallest is None else smallest.result.params.short(),
         "minimized_elements": None if smallest is None else case_size(smallest.result.params)[0],
         "report": None if smallest is None or smallest.path is None else str(smallest.path),

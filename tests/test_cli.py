@@ -25,14 +25,14 @@ def test_run_golden_on_cpu_writes_summaries(tmp_path):
     stale = tmp_path / "reports" / "golden" / ".0badc0de.json.k1ll3d.tmp"   # debris of a killed run
     stale.parent.mkdir(parents=True)
     stale.write_text('{"schema": ')
-    r = cli("run", "--backend", "golden", "--budget", "12s", "--profile", "ci", "--out", out,
+    r = cli("run", "--backend", "golden", "--budget", "300s", "--max-cases", "12", "--profile", "ci", "--out", out,
             "--reports", tmp_path / "reports", "--db", tmp_path / "db")
     assert r.returncode == 0, r.stdout + r.stderr
     assert not stale.exists() and "removed 1 unfinished report file(s)" in r.stdout
     assert "no CUDA device: running on the CPU" in r.stdout or "cuda" in r.stdout
     doc = json.loads((out / "summary.json").read_text())
     (golden,) = doc["backends"]
-    assert golden["cases"] > 10 and golden["failed"] == 0 and not doc["failed"]
+    assert golden["cases"] == 12 and golden["failed"] == 0 and not doc["failed"]
     assert set(golden["worst_ratio"]) >= {"dx", "dphi", "dalpha", "dbias", "dgamma"}
     suite = ET.parse(out / "junit.xml").getroot()
     assert suite.find("testsuite").get("failures") == "0"
