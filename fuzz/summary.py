@@ -108,7 +108,9 @@ def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
                       f"- case: `{f.result.params.short()}`", f"- found after {f.detected_after_s:.1f} s; "
                       f"cases that hit it: {f.hits}",
                       f"- {f.result.message[:400]}", f"- replay: `mhc-fuzz replay {f.path}`"]
-    plot = _plot(out_dir, all_stats)
+    # an interrupted run must exit promptly (a CI runner kills it a few seconds after SIGTERM):
+    # no plot, whose matplotlib import and drawing take seconds
+    plot = None if meta.get("interrupted") else _plot(out_dir, all_stats)
     if plot:
         lines += ["", "## Distribution of error/bound ratios", "", f"![ratios]({plot.name})"]
     page = out_dir / "summary.md"
