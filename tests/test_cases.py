@@ -1,18 +1,53 @@
 """Cases rebuild bit-exactly from their parameters, in every layout, on every device."""
+import hashlib
+
 import pytest
 import torch
 
 from conftest import requires_cuda
 from fuzz.cases import LAYOUTS, CaseParams, make_inputs, uniform
+from fuzz.reports import SCHEMA
+
+# A report stores a case's parameters, not its tensors: what it means is whatever make_inputs()
+# builds from them. These sha256 sums of two fixed cases' tensors pin the generator, per report
+# schema. Parameters added later must default to what these cases build.
+PINNED_CASES = {
+    "defaults": CaseParams(B=2, S=3, n=4, D=33, seed=11),
+    "every option": CaseParams(B=2, S=5, n=3, D=17, x_dtype="fp16", seed=7, x_scale=1.5, phi_scale=-1.0,
+                               grad_scale=-2.0, gamma_scale=1.0, alpha=(0.5, -1.0, 2.0), bias_shift=4.0,
+                               zero_tokens=2, outliers=3, outlier_factor=64.0),
+}
+TENSORS = ("x", "phi", "alpha", "bias", "gamma", "inv_rms", "h_mix", "h_pre", "h_post", "dh_in", "dh_post", "dh_res")
+PINNED = {1: {"defaults": "3594224fc0038f3749890c5d836270ebe812eaf0a79c90ff770cdbd00178fdf1",
+              "every option": "ae10270e2bf6009523696c6a0fe088dc60784cd8b02e2561aec1452c8972d4e1"}}
 
 
 def _same(a, b):
     return all(torch.equal(getattr(a, k).cpu(), getattr(b, k).cpu()) for k in a.tensors())
 
 
-def test_same_params_same_tensors():
-    p = CaseParams(2, 5, 4, 33, "bf16", seed=11, outliers=2, zero_tokens=2, x_scale=1.5)
-    assert _same(make_inputs(p), make_inputs(p))
+def checksum(inp) -> str:
+    """sha256 of every tensor's name, dtype, shape and bytes (values in logical order)."""
+    h = hashlib.sha256()
+    for name in TENSORS:
+        t = getattr(inp, name)
+        if t is None:
+            h.update(f"{name}:None;".encode())
+            continue
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("which", sorted(PINNED_CASES))
+def test_same_params_same_tensors_as_when_reports_were_written(which):
+    got = checksum(make_inputs(PINNED_CASES[which], "cpu"))
+    assert got == PINNED[SCHEMA][which], (
+        f"make_inputs({which!r} case) no longer builds the tensors it built for report schema {SCHEMA}: "
+        f"every stored report would now replay other data. If the change is deliberate, bump "
+        f"fuzz.reports.SCHEMA (old reports are then refused, not silently reinterpreted) and pin "
+        f"PINNED[{SCHEMA + 1}][{which!r}] = {got!r}; otherwise keep the generator as it was "
+        f"(a new CaseParams field must default to the old behaviour).")
 
 
 def test_seed_changes_values():
