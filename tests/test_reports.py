@@ -118,3 +118,69 @@ def test_report_with_bad_params(tmp_path):
     p.write_text(json.dumps(doc))
     with pytest.raises(ReportError, match="params: case parameter n"):
         load_report(p)
+
+
+
+def _write_killed_at(step: int, report: dict, reports_dir) -> bool:
+    """Fork a writer of `report` that SIGKILLs itself at the step-th line of Python it runs once it
+    has begun to change the file system (its first open for writing, rename or removal): one kill
+    point between each two of its file operations. True if it was killed, False if it finished."""
+    import os
+    import signal
+    import sys
+    pid = os.fork()
+    if pid == 0:                              # the child: no return into pytest from here
+        try:
+            lines = 0
+            changing = False
+            writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+            def audit(event, args):
+                nonlocal changing
+                if event in ("os.rename", "os.remove", "os.truncate") or (event == "open" and args[2] & writes):
+                    changing = True
+
+            def trace(frame, event, arg):
+                nonlocal lines
+                if event == "line" and changing:
+                    lines += 1
+                    if lines == step:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                return trace
+            sys.addaudithook(audit)
+            sys.settrace(trace)
+            write_report(report, reports_dir)
+            sys.settrace(None)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_a_writer_killed_at_any_point_leaves_the_old_report_or_the_new_one(tmp_path):
+    """A writer SIGKILLed at each point of replacing a report in turn (deterministic: the kill
+    comes from the writer's own line trace, not a timer): the file holds the old complete report
+    or the new one, never a part of either; its debris is hidden temporary files the sweep removes."""
+    old = build_report(_result(64), env={})
+    new = build_report(_result(8), env={})
+    path, _ = write_report(old, tmp_path)
+    old_text = path.read_text()
+    seen_temp = seen_new = 0
+    step = 1
+    while _write_killed_at(step, new, tmp_path):
+        others = [p.name for p in path.parent.iterdir() if p != path]
+        assert all(n.startswith(f".{path.name}.") and n.endswith(".tmp") for n in others), (step, others)
+        try:
+            D = load_report(path)["params"]["D"]
+        except ReportError as exc:
+            raise AssertionError(f"writer killed at step {step} left an incomplete report: {exc}") from None
+        assert D in (64, 8), D
+        seen_temp += bool(others)
+        seen_new += D == 8
+        assert sweep_reports_dir(tmp_path) == len(others)
+        path.write_text(old_text)                # back to the state before the write
+        step += 1
+        assert step < 500, "the writer never finished"
+    assert seen_temp, "no kill fell between creating the temporary file and renaming it"
+    assert seen_new, "no kill fell after the rename"
+    assert load_report(path)["params"]["D"] == 8 and sorted(path.parent.iterdir()) == [path]
