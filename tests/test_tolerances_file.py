@@ -165,7 +165,8 @@ def test_accumulation_factor_known_answers():
 
 
 def test_bound_is_the_documented_formula():
-    """tolerances.yaml: tol = M*(u_acc*k_acc + gemm_operands*u_gemm) + 2*output_ulps*u_out*max(|t|, tiny) + underflow."""
+    """tolerances.yaml's header:
+    tol = M*(u_acc*k_acc + gemm_operands*u_gemm) + 2*output_ulps*u_out*max(|t|, tiny) + underflow."""
     truth = torch.tensor([-2.0, 0.0, 1e-300], dtype=torch.float64)
     mag = torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64)
     dims = dict(T=2, n=1, D=4, F=3)
