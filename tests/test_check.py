@@ -133,10 +133,18 @@ def test_contract_failures():
 
 
 def test_bitwise_determinism_is_checked_when_declared():
-    res = run_case(M.nondeterministic, P, "cpu")
+    def second_differs(out, args, calls):       # the last bit of one dbias element, on the second call
+        if calls == 2:
+            out[3] = out[3].clone()
+            out[3][0] = torch.nextafter(out[3][0], torch.tensor(1e30))
+        return out
+    res = run_case(Wrapping(second_differs), P, "cpu")
     assert (res.kind, res.message) == ("nondeterministic",
-                                       "declared deterministic, but two runs differ bitwise in dphi")
-    assert run_case(M.nondeterministic, P, "cpu", check_determinism=False).status == "pass"
+                                       "declared deterministic, but two runs differ bitwise in dbias")
+    assert run_case(Wrapping(second_differs), P, "cpu", check_determinism=False).status == "pass"
+    assert run_case(Wrapping(second_differs, deterministic=False), P, "cpu").status == "pass"
+    assert run_case(Wrapping(second_differs, deterministic=False), P, "cpu", check_determinism=True).kind == \
+        "nondeterministic"
 
     def second_raises(out, args, calls):
         if calls == 2:
