@@ -168,8 +168,9 @@ def test_warm_up_runs_once_before_the_cases_and_is_reported(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     (probe,) = doc["backends"]
     assert probe["cases"] == 3 and probe["failed"] == 0          # every case saw the warm-up's file
-    assert doc["warm_up"]["warm_up_probe"]["prepared"] == 3 and doc["warm_up"]["warm_up_probe"]["seconds"] >= 0
-    assert "warm-up warm_up_probe" in r.stdout
+    st = doc["warm_up"]["warm_up_probe"]
+    assert st["prepared"] == 3 and isinstance(st["seconds"], float)
+    assert f"warm-up warm_up_probe: {st['seconds']:.1f} s (prepared 3)" in r.stdout.splitlines()
     assert "warm_up_probe: warm-up before the budget, seconds" in (out / "summary.md").read_text()
 
 

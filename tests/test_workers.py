@@ -56,9 +56,12 @@ def test_two_cpu_workers_share_reports_without_duplicates(tmp_path):
     golden = next(b for b in doc["backends"] if b["backend"] == "golden")
     assert golden["cases"] == 80 and golden["workers"] == 2     # both shards' cases, added up
     assert not golden["findings"]
-    files = iter_reports(reports)
-    sigs = [load_report(f)["signature"] for f in files]
-    assert files and len(sigs) == len(set(sigs))     # one file per signature across both workers
+    # one file per finding of the merged summary: each worker's copy of a bug went to the same file
+    mutant = next(b for b in doc["backends"] if b["backend"] == "d_tail_dropped")
+    found = {f["signature"]: f for f in mutant["findings"]}
+    reports = {str(f): load_report(f) for f in iter_reports(reports)}
+    assert found and sorted(r["signature"] for r in reports.values()) == sorted(found)
+    assert all(load_report(f["report"])["signature"] == sig for sig, f in found.items())
 
 
 def _free_port():
@@ -92,7 +95,7 @@ def redis_url(tmp_path):
 def _fuzz_run(tmp_path, tag, db, seed):
     out = tmp_path / tag
     r = subprocess.run([sys.executable, "-m", "fuzz.cli", "run", "--device", "cpu", "--backend", "rare_bug",
-                        "--plugin", "tests.mutants:rare_bug", "--budget", "90s", "--profile", "ci",
+                        "--plugin", "tests.mutants:rare_bug", "--budget", "600s", "--max-cases", "400", "--profile", "ci",
                         "--seed", str(seed), "--db", db, "--reports", tmp_path / f"rep-{tag}", "--out", out,
                         "--stop-on-first-failure", "--no-isolate"],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
@@ -113,8 +116,12 @@ def test_shared_redis_database_replays_failure_first(tmp_path, redis_url):
 
 
 def test_without_shared_database_the_search_starts_over(tmp_path):
+    """The directory-database test below with --db none: the second run finds the bug again
+    only by searching for it, as the first did (with a database it is the second run's first case)."""
     first = _fuzz_run(tmp_path, "a", "none", seed=1)
-    assert first["first_failure_case"] > 1
+    second = _fuzz_run(tmp_path, "b", "none", seed=2)
+    assert first["findings"] and second["findings"]
+    assert first["first_failure_case"] > 1 and second["first_failure_case"] > 1
 
 
 def test_directory_database_replays_yesterdays_failure_first(tmp_path):
