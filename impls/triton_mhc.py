@@ -19,19 +19,21 @@ Extra memory: dh_mix/coef O(T*F), phi*gamma O(F*K), partials <= 64*F*K fp32.
 Bytes: x is read 3 times (kernels 1-3), dh_in twice, dx written once: about 2x the backward's
 memory roofline when each kernel runs at its own bandwidth bound.
 
-Compiled variants (few, so that they can all be compiled before a fuzz run: warm_up()).
-Every size, stride and offset is a runtime value: n, T, S, D, K, the strides and the element
-offset of x and dh_in (the kernels get a 16-byte aligned pointer into the same storage, see
+Compiled variants (few, so that all of them are compiled before a fuzz run: warm_up()).
+Sizes, strides and offsets are runtime values: T, S, D, K, the strides and the element offset
+of x and dh_in (kernels get a 16-byte aligned pointer into the same storage, see
 _aligned_base), with Triton's ==1 / %16 specialization of integers switched off (_kernel).
-What stays compile-time: x's dtype; the n-class (FP = the mix width F = n*n + 2n padded to a
-power of two >= 16, i.e. n in {1-3}, {4}, {5-7}, {8}; NP/NNP, the padded n and n*n, in two
-classes n <= 4 and n > 4); VEC, 16 bytes in elements when D, the strides and the offsets are
-all multiples of it, else 1 (the kernels round those values down to VEC multiples, which tells
-the compiler that rows are 16-byte aligned, so loads and stores vectorize); and for the finalize
-kernel its column block (from n*D) and whether n*D is a multiple of 4. Block sizes do not depend
-on T or D. reachable_variants() lists the ~110 variants the capabilities admit.
-Internal per-token buffers (dh_mix, the forward's split-K partials) have FP columns, zero
-padded, so their rows are aligned and loaded without a column mask.
+Compile-time: x's dtype; n (the mix width F = n*n + 2n fixes which rows of phi and dh_mix are
+live, so the compiler drops the padded ones: registers, hence occupancy, as with n fixed;
+kernel (3) and the h_in kernel take n at run time, with FP = F padded to a power of two >= 16);
+VEC, 16 bytes in elements when D, the strides and the offsets are all multiples of it, else 1
+(the kernels round those values down to VEC multiples, which tells the compiler that rows are
+16-byte aligned, so loads and stores vectorize); and kernel (4)'s column block (from n*D) and
+whether n*D is a multiple of 4. Block sizes do not depend on T or D (small shapes run masked
+tiles). reachable_variants() lists the ~210 variants the capabilities admit; warm_up()
+compiles them in ~15-30 s on a 16-core host.
+dh_mix and the forward's split-K partials have FP columns per row (aligned rows; dh_mix's
+padding is zero, so kernel (3) loads whole rows).
 
 Precision of the matrix products (DOT_PRECISION, env MHC_TRITON_DOT, read at import):
   * dphi with bf16 x: dh_mix is split exactly into three bf16 pieces (hi + mid + lo); with x
@@ -115,8 +117,8 @@ if triton is not None:
     @_kernel
     def _bwd_token_kernel(x_ptr, dhin_ptr, hmix_ptr, hpre_ptr, hpost_ptr, dhpost_ptr, dhres_ptr,
                           inv_ptr, alpha_ptr, dmix_ptr, coef_ptr, part_ptr,
-                          T, S, N, D, x_off, dh_off, sxb, sxs, sxn, sdb, sds, dmix_stride,
-                          NP: tl.constexpr, NNP: tl.constexpr,
+                          T, S, D, x_off, dh_off, sxb, sxs, sxn, sdb, sds,
+                          N: tl.constexpr, NP: tl.constexpr, NNP: tl.constexpr, FP: tl.constexpr,
                           BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
                           HC_EPS: tl.constexpr):
         D = _mult(D, VEC)
@@ -167,7 +169,7 @@ if triton is not None:
             idx_n = t[:, None] * N + offs_n[None, :]
             idx_nn = t[:, None] * (N * N) + offs_nn[None, :]
             row_f = t[:, None] * F
-            row_m = t[:, None] * dmix_stride
+            row_m = t[:, None] * FP
             inv = tl.load(inv_ptr + t, mask=tmask, other=0.0)
             s_pre = tl.load(hpre_ptr + idx_n, mask=mn, other=0.0) - HC_EPS
             dpre2 = dh_pre * s_pre * (1.0 - s_pre)
@@ -180,9 +182,10 @@ if triton is not None:
             tl.store(dmix_ptr + row_m + offs_n[None, :], g_pre * inv[:, None], mask=mn)
             tl.store(dmix_ptr + row_m + N + offs_n[None, :], g_post * inv[:, None], mask=mn)
             tl.store(dmix_ptr + row_m + 2 * N + offs_nn[None, :], g_res * inv[:, None], mask=mnn)
-            # zero padding F..dmix_stride (< NNP columns): kernels (2) and (3) load whole rows
-            tl.store(dmix_ptr + row_m + F + offs_nn[None, :], tl.zeros([BLOCK_T, NNP], tl.float32),
-                     mask=tmask[:, None] & (offs_nn < dmix_stride - F)[None, :])
+            # zero padding of dh_mix's rows (F..FP): kernel (3) loads whole rows
+            f_all = tl.arange(0, FP)
+            tl.store(dmix_ptr + row_m + f_all[None, :], tl.zeros([BLOCK_T, FP], tl.float32),
+                     mask=tmask[:, None] & (f_all >= F)[None, :])
             m_pre = tl.load(hmix_ptr + row_f + offs_n[None, :], mask=mn, other=0.0)
             m_post = tl.load(hmix_ptr + row_f + N + offs_n[None, :], mask=mn, other=0.0)
             m_res = tl.load(hmix_ptr + row_f + 2 * N + offs_nn[None, :], mask=mnn, other=0.0)
@@ -213,8 +216,9 @@ if triton is not None:
 
     @_kernel
     def _bwd_dx_kernel(x_ptr, dhin_ptr, phig_ptr, dmix_ptr, coef_ptr, hpre_ptr, dx_ptr,
-                       T, S, N, D, x_off, dh_off, sxb, sxs, sxn, sdb, sds,
-                       FP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
+                       T, S, D, x_off, dh_off, sxb, sxs, sxn, sdb, sds,
+                       N: tl.constexpr, FP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                       VEC: tl.constexpr,
                        DOT_PREC: tl.constexpr, PREFETCH: tl.constexpr,
                        XEV: tl.constexpr, PEV: tl.constexpr, SCM: tl.constexpr, SPLIT_ONCE: tl.constexpr):
         """dx = dh_mix @ (phi*gamma) + coef*x + h_pre*dh_in for all n streams of one tile.
@@ -237,8 +241,8 @@ if triton is not None:
         f = tl.arange(0, FP)
         fmask = f < F
         m2 = tmask[:, None] & dmask[None, :]
-        # per-token data shared by the n streams: read once per program (rows zero padded to FP)
-        dmix = tl.load(dmix_ptr + t[:, None] * FP + f[None, :], mask=tmask[:, None], other=0.0,
+        # per-token data shared by the n streams: read once per program
+        dmix = tl.load(dmix_ptr + t[:, None] * FP + f[None, :], mask=tmask[:, None] & fmask[None, :], other=0.0,
                        eviction_policy=PEV)
         coef = tl.load(coef_ptr + t, mask=tmask, other=0.0)
         dh = tl.load(dhin_ptr + drow[:, None] + d[None, :], mask=m2, other=0.0, eviction_policy=XEV).to(tl.float32)
@@ -251,9 +255,8 @@ if triton is not None:
         for i in range(N):
             col = i * D + d
             xrow_i += sxn
-            m2_next = m2 & (t[:, None] * 0 + i + 1 < N)   # next stream's mask (a tensor: N is runtime)
             if PREFETCH:  # next stream's x in flight while this one is computed (latency hiding)
-                x_next = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2_next, other=0.0,
+                x_next = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2 & (i + 1 < N), other=0.0,
                                  eviction_policy=XEV)
             phig = tl.load(phig_ptr + f[:, None] * K + col[None, :], mask=fmask[:, None] & dmask[None, :], other=0.0,
                            eviction_policy=PEV)
@@ -272,7 +275,7 @@ if triton is not None:
             if PREFETCH:
                 xv = x_next
             else:
-                xv = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2_next, other=0.0,
+                xv = tl.load(x_ptr + xrow_i[:, None] + d[None, :], mask=m2 & (i + 1 < N), other=0.0,
                              eviction_policy=XEV)
 
     # ------------------------------------------------------------------ backward (3)
@@ -302,7 +305,7 @@ if triton is not None:
             xrow = _row_offset(t64, S, sxb, sxs, x_off, VEC)
             xv = tl.load(x_ptr + xrow[:, None] + i.to(tl.int64) * sxn + d[None, :],
                          mask=tmask[:, None] & dmask[None, :], other=0.0)
-            dm = tl.load(dmix_ptr + t[:, None] * FP + f[None, :], mask=tmask[:, None], other=0.0)
+            dm = tl.load(dmix_ptr + t[:, None] * FP + f[None, :], mask=tmask[:, None], other=0.0)  # zero padded
             xt = tl.trans(xv)                                                 # [BD, BT]
             if SPLIT_BF16:
                 # dh_mix = hi + mid + lo exactly (8+8+8 significand bits); x is exact in bf16,
@@ -329,8 +332,8 @@ if triton is not None:
     # ------------------------------------------------------------------ backward (4)
     @_kernel
     def _bwd_dgamma_kernel(part_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr,
-                           part1_ptr, dalpha_ptr, dbias_ptr, F, K, NSPLIT, G1,
-                           FP: tl.constexpr, WP: tl.constexpr,
+                           part1_ptr, dalpha_ptr, dbias_ptr, K, NSPLIT, G1,
+                           F: tl.constexpr, FP: tl.constexpr, WP: tl.constexpr,
                            BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
                            VEC: tl.constexpr):
         K = _mult(K, VEC)
@@ -372,8 +375,8 @@ if triton is not None:
 
     # ------------------------------------------------------------------ forward
     @_kernel
-    def _fwd_mix_kernel(x_ptr, phi_ptr, gamma_ptr, mixp_ptr, sqp_ptr, T, S, N, D, x_off, sxb, sxs, sxn,
-                        d_per_split, FP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    def _fwd_mix_kernel(x_ptr, phi_ptr, gamma_ptr, mixp_ptr, sqp_ptr, T, S, D, x_off, sxb, sxs, sxn,
+                        d_per_split, N: tl.constexpr, FP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
                         VEC: tl.constexpr, DOT_PREC: tl.constexpr):
         """Split-K partials of h_mix = (vecX*gamma) @ phi^T (rows of FP columns, zero padded)
         and of sum(vecX^2)."""
@@ -414,8 +417,8 @@ if triton is not None:
 
     @_kernel
     def _fwd_token_kernel(mixp_ptr, sqp_ptr, alpha_ptr, bias_ptr, hmix_ptr, inv_ptr, hpre_ptr, hpost_ptr,
-                          hres_ptr, T, N, D, KSPLIT,
-                          FP: tl.constexpr, BLOCK_T: tl.constexpr,
+                          hres_ptr, T, D, KSPLIT,
+                          N: tl.constexpr, FP: tl.constexpr, BLOCK_T: tl.constexpr,
                           NORM_EPS: tl.constexpr, HC_EPS: tl.constexpr):
         """Fixed-order sum of the split-K partials, then inv_rms, h_pre, h_post, h_res."""
         F = N * N + 2 * N
@@ -429,7 +432,7 @@ if triton is not None:
         pm = mixp_ptr + t[:, None] * FP + f[None, :]
         ps = sqp_ptr + t
         for s in range(0, KSPLIT):      # fixed order over the K splits
-            mix += tl.load(pm, mask=tmask[:, None], other=0.0)
+            mix += tl.load(pm, mask=m, other=0.0)
             sq += tl.load(ps, mask=tmask, other=0.0)
             pm += T * FP
             ps += T
@@ -518,11 +521,10 @@ def _vec(dtype: torch.dtype, *values: int) -> int:
 
 
 def _n_class(n: int) -> dict:
-    """Compile-time padded widths of n (see the module doc): the mix width FP (also the row
-    stride of dh_mix and of the forward's partials), WP >= F + 3 (kernel (1)'s partial rows),
-    NP >= n and NNP >= n*n (kernel (1); NNP also covers the FP - F padding columns)."""
-    FP = _p2(mix_width(n), 16)
-    return dict(FP=FP, WP=_p2(FP + 3, 16), NP=4 if n <= 4 else 8, NNP=16 if n <= 4 else 64)
+    """Padded widths of n: FP, the mix width F padded to a power of two >= 16 (tl.dot; also
+    the row stride of dh_mix and of the forward's partials), WP >= F + 3 (kernel (1)'s partial
+    rows), NP >= n and NNP >= n*n (kernel (1))."""
+    return dict(FP=_p2(mix_width(n), 16), WP=_p2(mix_width(n) + 3, 16), NP=_p2(n, 2), NNP=_p2(n * n, 2))
 
 
 # Launch parameters of the backward. Chosen from n and x's dtype only (never from T, D, the
@@ -591,15 +593,15 @@ def _bwd_metas(n: int, x_dtype: torch.dtype, vec: int, K: int, T: int = 0, D: in
     # x, dh_in and dx are touched once: evict-first / streaming keeps phi*gamma and dh_mix in L2
     hints = dict(XEV="evict_first", PEV="evict_last", SCM=".cs") if cfg["stream2"] else dict(XEV="", PEV="", SCM="")
     return {
-        "token": dict(NP=c["NP"], NNP=c["NNP"], BLOCK_T=cfg["bt1"], BLOCK_D=cfg["bd1"], VEC=vec, HC_EPS=HC_EPS,
+        "token": dict(N=n, NP=c["NP"], NNP=c["NNP"], FP=c["FP"], BLOCK_T=cfg["bt1"], BLOCK_D=cfg["bd1"], VEC=vec, HC_EPS=HC_EPS,
                       num_warps=cfg["warps1"]),
-        "dx": dict(FP=c["FP"], BLOCK_T=cfg["bt2"], BLOCK_D=cfg["bd2"], VEC=vec, DOT_PREC=dx_prec,
+        "dx": dict(N=n, FP=c["FP"], BLOCK_T=cfg["bt2"], BLOCK_D=cfg["bd2"], VEC=vec, DOT_PREC=dx_prec,
                    PREFETCH=cfg["prefetch2"], **hints, SPLIT_ONCE=cfg["split2"] and dx_prec == "tf32x3",
                    num_warps=cfg["warps2"], num_stages=cfg["stages2"]),
         "dphi": dict(FP=c["FP"], BLOCK_T=cfg["bt3"], BLOCK_D=cfg["bd3"], VEC=vec,
                      SPLIT_BF16=x_dtype == torch.bfloat16, INTERP=INTERPRET, DOT_PREC=DOT_PRECISION,
                      num_warps=cfg["warps3"], num_stages=cfg["stages3"]),
-        "dgamma": dict(FP=c["FP"], WP=c["WP"], BLOCK_K=_block_k(K, cfg["bk4"]), BLOCK_S=cfg["bs4"],
+        "dgamma": dict(F=mix_width(n), FP=c["FP"], WP=c["WP"], BLOCK_K=_block_k(K, cfg["bk4"]), BLOCK_S=cfg["bs4"],
                        BLOCK_R=max(1, 4096 // c["WP"]), VEC=4 if K % 4 == 0 else 1,
                        num_warps=cfg["warps4"], num_stages=cfg["stages4"]),
     }
@@ -666,9 +668,7 @@ class _BackwardPlan:
         self.inv, self.hmix = _small(inv_rms, T), _small(h_mix, T, F)
         self.hpre, self.hpost = _small(h_pre, T, n), _small(h_post, T, n)
         self.dhpost, self.dhres = _small(dh_post, T, n), _small(dh_res, T, n * n)
-        nc = _n_class(n)
-        self.FP = nc["FP"]
-        assert self.FP - F <= nc["NNP"]         # kernel (1) zeroes dh_mix's padding with NNP lanes
+        self.FP = _n_class(n)["FP"]
         self.W = 3 + F
         vec = _vec(x.dtype, D, x_off, dh_off, *sx, *sd)
         self.meta = _bwd_metas(n, x.dtype, vec, K, T, D)
@@ -695,15 +695,15 @@ class _BackwardPlan:
         self.launches = {
             "token": _Launch(_bwd_token_kernel, (self.g1,), (
                 self.x, self.dh_in, self.hmix, self.hpre, self.hpost, self.dhpost, self.dhres, self.inv, self.alpha,
-                self.dmix, self.coef, self.part1, T, S, n, D, x_off, dh_off, *sx, *sd, self.FP), m["token"], xd),
+                self.dmix, self.coef, self.part1, T, S, D, x_off, dh_off, *sx, *sd), m["token"], xd),
             "dx": _Launch(_bwd_dx_kernel, (triton.cdiv(D, c["bd2"]), triton.cdiv(T, c["bt2"])), (
                 self.x, self.dh_in, self.phig, self.dmix, self.coef, self.hpre, self.dx,
-                T, S, n, D, x_off, dh_off, *sx, *sd), m["dx"], xd),
+                T, S, D, x_off, dh_off, *sx, *sd), m["dx"], xd),
             "dphi": _Launch(_bwd_dphi_kernel, (self.col_blocks, self.nsplit), (
                 self.x, self.dmix, self.part3, T, S, n, D, x_off, *sx, self.tps), m["dphi"], xd),
             "dgamma": _Launch(_bwd_dgamma_kernel, (triton.cdiv(K, bk) + 1,), (
                 self.part3, self.phi, self.gamma, self.dphi, self.dgamma, self.part1, self.dalpha, self.dbias,
-                F, K, self.nsplit, self.g1), m["dgamma"], xd),
+                K, self.nsplit, self.g1), m["dgamma"], xd),
         }
 
     def token(self):
@@ -752,9 +752,9 @@ def _fwd_metas(n: int, x_dtype: torch.dtype, vec: int, T: int = 0, D: int = 0) -
     """Compile-time arguments of the three forward kernels (as _bwd_metas)."""
     FP, c = _n_class(n)["FP"], _fwd_config(T, D)
     return {
-        "mix": dict(FP=FP, BLOCK_T=c["bt"], BLOCK_D=c["bd"], VEC=vec, DOT_PREC=DOT_PRECISION,
+        "mix": dict(N=n, FP=FP, BLOCK_T=c["bt"], BLOCK_D=c["bd"], VEC=vec, DOT_PREC=DOT_PRECISION,
                     num_warps=c["warps"], num_stages=c["stages"]),
-        "token": dict(FP=FP, BLOCK_T=c["btt"], NORM_EPS=NORM_EPS, HC_EPS=HC_EPS, num_warps=4),
+        "token": dict(N=n, FP=FP, BLOCK_T=c["btt"], NORM_EPS=NORM_EPS, HC_EPS=HC_EPS, num_warps=4),
         "hin": dict(BLOCK_T=c["bth"], BLOCK_D=c["bdh"], VEC=vec, num_warps=4),
     }
 
@@ -790,9 +790,9 @@ def _forward_launches(x, phi, alpha, bias, gamma):
     sqp = torch.empty((ksplit, T), dtype=torch.float32, device=dev)
     launches = [
         _Launch(_fwd_mix_kernel, (t_blocks, ksplit), (
-            xb, phi_c, gamma_c, mixp, sqp, T, S, n, D, x_off, sxb, sxs, sxn, dps), m["mix"], x.dtype),
+            xb, phi_c, gamma_c, mixp, sqp, T, S, D, x_off, sxb, sxs, sxn, dps), m["mix"], x.dtype),
         _Launch(_fwd_token_kernel, (triton.cdiv(T, c["btt"]),), (
-            mixp, sqp, alpha_c, bias_c, h_mix, inv_rms, h_pre, h_post, h_res, T, n, D, ksplit), m["token"], x.dtype),
+            mixp, sqp, alpha_c, bias_c, h_mix, inv_rms, h_pre, h_post, h_res, T, D, ksplit), m["token"], x.dtype),
         _Launch(_fwd_hin_kernel, (triton.cdiv(D, c["bdh"]), triton.cdiv(T, c["bth"])), (
             xb, h_pre, h_in, T, S, n, D, x_off, sxb, sxs, sxn), m["hin"], x.dtype),
     ]

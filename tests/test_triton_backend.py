@@ -180,10 +180,10 @@ def test_every_launch_is_a_reachable_variant(monkeypatch):
     dtypes the variant assumes, and i32 integers (not specialized, see _kernel)."""
     monkeypatch.setattr(tm, "INTERPRET", False)
     reachable = {tm._variant(getattr(tm, name), getattr(torch, dt), meta) for name, dt, meta in tm.reachable_variants()}
-    assert len(reachable) <= 120        # few variants: all of them compile before a run
+    assert len(reachable) <= 220        # few variants: all of them compile before a run
     seen = set()
     shapes = [(n, dt, D) for n in range(1, 9) for dt in ("bf16", "fp16", "fp32") for D in (1, 3, 8, 17, 24, 100)]
-    shapes += [(n, "bf16", D) for n in (3, 4) for D in (7168, 16384)]      # kernel (4)'s wider column blocks
+    shapes += [(n, "bf16", D) for n in range(1, 9) for D in (7168, 16383)]  # kernel (4)'s wider column blocks
     for i, (n, dt, D) in enumerate(shapes):
         case = (1 + i % 2, 2, n, D, dt, LAYOUTS[i % len(LAYOUTS)], i % 3 != 0)
         for launch in _gpu_launches(monkeypatch, *case):
@@ -197,7 +197,8 @@ def test_every_launch_is_a_reachable_variant(monkeypatch):
                     assert arg.dtype == (launch.x_dtype if name in tm.X_POINTERS else torch.float32), name
                 else:
                     assert isinstance(arg, int) and 0 <= arg < 2**31, (name, arg)
-    assert len(seen) >= len(reachable) - 5, "the shapes above reach almost every variant"
+    # and every listed variant is reached (kernel (4)'s widest column blocks need larger D: see below)
+    assert not {k[0] for k in reachable - seen} - {"_bwd_dgamma_kernel"}
 
 
 def test_finalize_column_classes_are_all_listed(monkeypatch):
