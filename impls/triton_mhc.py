@@ -23,15 +23,17 @@ Compiled variants (few, so that all of them are compiled before a fuzz run: warm
 Sizes, strides and offsets are runtime values: T, S, D, K, the strides and the element offset
 of x and dh_in (kernels get a 16-byte aligned pointer into the same storage, see
 _aligned_base), with Triton's ==1 / %16 specialization of integers switched off (_kernel).
-Compile-time: x's dtype; n (the mix width F = n*n + 2n fixes which rows of phi and dh_mix are
-live, so the compiler drops the padded ones: registers, hence occupancy, as with n fixed;
-kernel (3) and the h_in kernel take n at run time, with FP = F padded to a power of two >= 16);
-VEC, 16 bytes in elements when D, the strides and the offsets are all multiples of it, else 1
-(the kernels round those values down to VEC multiples, which tells the compiler that rows are
-16-byte aligned, so loads and stores vectorize); and kernel (4)'s column block (from n*D) and
-whether n*D is a multiple of 4. Block sizes do not depend on T or D (small shapes run masked
-tiles). reachable_variants() lists the ~210 variants the capabilities admit; warm_up()
-compiles them in ~15-30 s on a 16-core host.
+Compile-time: x's dtype; n where it fixes the live rows of phi and dh_mix (F = n*n + 2n: the
+compiler drops the padded rows, so registers and occupancy stay as with every size fixed;
+with F at run time kernel (2) needed 176 instead of 164 registers, 2 instead of 3 blocks per
+SM, +23% time); kernel (3) and the h_in kernel take n at run time (FP = F padded to a power of
+two >= 16); VEC, 16 bytes in elements when D, the strides and the offsets are all multiples of
+it, else 1 (the kernels round those values down to VEC multiples, which tells the compiler that
+rows are 16-byte aligned, so loads and stores vectorize); kernel (3)'s TVEC, 16 when T, S and
+its split length are multiples of 16 (fp32: 190 instead of 255 registers); kernel (4)'s column
+block (from n*D) and whether n*D is a multiple of 4. Block sizes do not depend on T or D (small
+shapes run masked tiles). reachable_variants() lists the ~230 variants the capabilities admit;
+warm_up() compiles them in ~20 s on a 16-core host.
 dh_mix and the forward's split-K partials have FP columns per row (aligned rows; dh_mix's
 padding is zero, so kernel (3) loads whole rows).
 
@@ -108,10 +110,9 @@ if triton is not None:
         return v
 
     @triton.jit
-    def _row_offset(t64, S, stride_b, stride_s, off, VEC: tl.constexpr):
-        """Element offset of flat token t = b*S + s in a tensor with any batch/sequence strides,
-        from its aligned base pointer (off: the tensor's own offset from that base)."""
-        return (t64 // S) * _mult(stride_b, VEC) + (t64 % S) * _mult(stride_s, VEC) + _mult(off, VEC)
+    def _row_offset(t64, S, stride_b, stride_s):
+        """Element offset of flat token t = b*S + s in a tensor with any batch/sequence strides."""
+        return (t64 // S) * stride_b + (t64 % S) * stride_s
 
     # ------------------------------------------------------------------ backward (1)
     @_kernel
@@ -121,8 +122,10 @@ if triton is not None:
                           N: tl.constexpr, NP: tl.constexpr, NNP: tl.constexpr, FP: tl.constexpr,
                           BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
                           HC_EPS: tl.constexpr):
-        D = _mult(D, VEC)
-        sxn = _mult(sxn, VEC)
+        D, sxb, sxs, sxn = _mult(D, VEC), _mult(sxb, VEC), _mult(sxs, VEC), _mult(sxn, VEC)
+        sdb, sds = _mult(sdb, VEC), _mult(sds, VEC)
+        x_ptr += _mult(x_off, VEC)        # the tensors' offsets from their aligned base pointers
+        dhin_ptr += _mult(dh_off, VEC)
         F = N * N + 2 * N
         W = F + 3
         pid = tl.program_id(0)
@@ -149,8 +152,8 @@ if triton is not None:
             t = tb * BLOCK_T + offs_t
             tmask = t < T
             t64 = t.to(tl.int64)
-            xrow = _row_offset(t64, S, sxb, sxs, x_off, VEC)    # any B/S strides; inner stride is 1
-            drow = _row_offset(t64, S, sdb, sds, dh_off, VEC)
+            xrow = _row_offset(t64, S, sxb, sxs)    # any B/S strides; inner stride is 1
+            drow = _row_offset(t64, S, sdb, sds)
             # 1. dh_pre = sum_D dh_in * x, one read of x and dh_in, fp32 accumulation
             acc = tl.zeros([BLOCK_T, NP, BLOCK_D], tl.float32)
             for d0 in range(0, D, BLOCK_D):
@@ -226,16 +229,18 @@ if triton is not None:
         (phi*gamma, dh_mix) and of the dx stores; "" = default (see _bwd_config's stream2).
         SPLIT_ONCE (tf32x3 only): dh_mix is split into TF32 hi + lo once per program, not once
         per stream inside each tl.dot; the three TF32 products are the same as tf32x3's."""
-        D = _mult(D, VEC)
-        sxn = _mult(sxn, VEC)
+        D, sxb, sxs, sxn = _mult(D, VEC), _mult(sxb, VEC), _mult(sxs, VEC), _mult(sxn, VEC)
+        sdb, sds = _mult(sdb, VEC), _mult(sds, VEC)
+        x_ptr += _mult(x_off, VEC)
+        dhin_ptr += _mult(dh_off, VEC)
         F = N * N + 2 * N
         pid_d = tl.program_id(0)
         pid_t = tl.program_id(1)
         t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
         tmask = t < T
         t64 = t.to(tl.int64)
-        xrow = _row_offset(t64, S, sxb, sxs, x_off, VEC)
-        drow = _row_offset(t64, S, sdb, sds, dh_off, VEC)
+        xrow = _row_offset(t64, S, sxb, sxs)
+        drow = _row_offset(t64, S, sdb, sds)
         d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         dmask = d < D
         f = tl.arange(0, FP)
@@ -281,10 +286,14 @@ if triton is not None:
     # ------------------------------------------------------------------ backward (3)
     @_kernel
     def _bwd_dphi_kernel(x_ptr, dmix_ptr, part_ptr, T, S, N, D, x_off, sxb, sxs, sxn, tokens_per_split,
-                         FP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
+                         FP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                         VEC: tl.constexpr, TVEC: tl.constexpr,
                          SPLIT_BF16: tl.constexpr, INTERP: tl.constexpr, DOT_PREC: tl.constexpr):
-        D = _mult(D, VEC)
-        sxn = _mult(sxn, VEC)
+        D, sxb, sxs, sxn = _mult(D, VEC), _mult(sxb, VEC), _mult(sxs, VEC), _mult(sxn, VEC)
+        x_ptr += _mult(x_off, VEC)
+        T = _mult(T, TVEC)            # T, S and the split length multiples of TVEC: registers, code size
+        S = _mult(S, TVEC)
+        tokens_per_split = _mult(tokens_per_split, TVEC)
         F = N * N + 2 * N
         pid_c = tl.program_id(0)      # (stream i, D block)
         split = tl.program_id(1)      # token range
@@ -302,7 +311,7 @@ if triton is not None:
             t = t0 + offs_t
             tmask = t < t_end
             t64 = t.to(tl.int64)
-            xrow = _row_offset(t64, S, sxb, sxs, x_off, VEC)
+            xrow = _row_offset(t64, S, sxb, sxs)
             xv = tl.load(x_ptr + xrow[:, None] + i.to(tl.int64) * sxn + d[None, :],
                          mask=tmask[:, None] & dmask[None, :], other=0.0)
             dm = tl.load(dmix_ptr + t[:, None] * FP + f[None, :], mask=tmask[:, None], other=0.0)  # zero padded
@@ -380,8 +389,8 @@ if triton is not None:
                         VEC: tl.constexpr, DOT_PREC: tl.constexpr):
         """Split-K partials of h_mix = (vecX*gamma) @ phi^T (rows of FP columns, zero padded)
         and of sum(vecX^2)."""
-        D = _mult(D, VEC)
-        sxn = _mult(sxn, VEC)
+        D, sxb, sxs, sxn = _mult(D, VEC), _mult(sxb, VEC), _mult(sxs, VEC), _mult(sxn, VEC)
+        x_ptr += _mult(x_off, VEC)
         d_per_split = _mult(d_per_split, BLOCK_D)
         F = N * N + 2 * N
         pid_t = tl.program_id(0)
@@ -389,7 +398,7 @@ if triton is not None:
         t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
         tmask = t < T
         t64 = t.to(tl.int64)
-        xrow = _row_offset(t64, S, sxb, sxs, x_off, VEC)
+        xrow = _row_offset(t64, S, sxb, sxs)
         f = tl.arange(0, FP)
         fmask = f < F
         offs_d = tl.arange(0, BLOCK_D)
@@ -457,12 +466,12 @@ if triton is not None:
     def _fwd_hin_kernel(x_ptr, hpre_ptr, hin_ptr, T, S, N, D, x_off, sxb, sxs, sxn,
                         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
         """h_in = sum_n h_pre * x in fp32, stored in x's dtype."""
-        D = _mult(D, VEC)
-        sxn = _mult(sxn, VEC)
+        D, sxb, sxs, sxn = _mult(D, VEC), _mult(sxb, VEC), _mult(sxs, VEC), _mult(sxn, VEC)
+        x_ptr += _mult(x_off, VEC)
         t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
         tmask = t < T
         t64 = t.to(tl.int64)
-        xrow = _row_offset(t64, S, sxb, sxs, x_off, VEC)
+        xrow = _row_offset(t64, S, sxb, sxs)
         d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
         m2 = tmask[:, None] & (d < D)[None, :]
         acc = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
@@ -582,10 +591,11 @@ def _block_k(K: int, bk4: int) -> int:
     return bk4
 
 
-def _bwd_metas(n: int, x_dtype: torch.dtype, vec: int, K: int, T: int = 0, D: int = 0) -> dict:
+def _bwd_metas(n: int, x_dtype: torch.dtype, vec: int, tvec: int, K: int, T: int = 0, D: int = 0) -> dict:
     """Compile-time arguments (constexprs, num_warps, num_stages) of the four backward kernels
-    for n, x's dtype, the alignment class vec (_vec) and K = n*D: everything that selects a
-    compiled variant besides the pointer dtypes (x's for X_POINTERS, else fp32)."""
+    for n, x's dtype, the alignment class vec (_vec), the token alignment class tvec (16 when T,
+    S and kernel (3)'s split length are multiples of 16, else 1) and K = n*D: everything that
+    selects a compiled variant besides the pointer dtypes (x's for X_POINTERS, else fp32)."""
     c = _n_class(n)
     x16 = x_dtype in (torch.bfloat16, torch.float16)
     dx_prec = _dx_dot_precision(x16)
@@ -593,12 +603,12 @@ def _bwd_metas(n: int, x_dtype: torch.dtype, vec: int, K: int, T: int = 0, D: in
     # x, dh_in and dx are touched once: evict-first / streaming keeps phi*gamma and dh_mix in L2
     hints = dict(XEV="evict_first", PEV="evict_last", SCM=".cs") if cfg["stream2"] else dict(XEV="", PEV="", SCM="")
     return {
-        "token": dict(N=n, NP=c["NP"], NNP=c["NNP"], FP=c["FP"], BLOCK_T=cfg["bt1"], BLOCK_D=cfg["bd1"], VEC=vec, HC_EPS=HC_EPS,
-                      num_warps=cfg["warps1"]),
+        "token": dict(N=n, NP=c["NP"], NNP=c["NNP"], FP=c["FP"], BLOCK_T=cfg["bt1"], BLOCK_D=cfg["bd1"], VEC=vec,
+                      HC_EPS=HC_EPS, num_warps=cfg["warps1"]),
         "dx": dict(N=n, FP=c["FP"], BLOCK_T=cfg["bt2"], BLOCK_D=cfg["bd2"], VEC=vec, DOT_PREC=dx_prec,
                    PREFETCH=cfg["prefetch2"], **hints, SPLIT_ONCE=cfg["split2"] and dx_prec == "tf32x3",
                    num_warps=cfg["warps2"], num_stages=cfg["stages2"]),
-        "dphi": dict(FP=c["FP"], BLOCK_T=cfg["bt3"], BLOCK_D=cfg["bd3"], VEC=vec,
+        "dphi": dict(FP=c["FP"], BLOCK_T=cfg["bt3"], BLOCK_D=cfg["bd3"], VEC=vec, TVEC=tvec,
                      SPLIT_BF16=x_dtype == torch.bfloat16, INTERP=INTERPRET, DOT_PREC=DOT_PRECISION,
                      num_warps=cfg["warps3"], num_stages=cfg["stages3"]),
         "dgamma": dict(F=mix_width(n), FP=c["FP"], WP=c["WP"], BLOCK_K=_block_k(K, cfg["bk4"]), BLOCK_S=cfg["bs4"],
@@ -670,15 +680,16 @@ class _BackwardPlan:
         self.dhpost, self.dhres = _small(dh_post, T, n), _small(dh_res, T, n * n)
         self.FP = _n_class(n)["FP"]
         self.W = 3 + F
-        vec = _vec(x.dtype, D, x_off, dh_off, *sx, *sd)
-        self.meta = _bwd_metas(n, x.dtype, vec, K, T, D)
-        self.dx_prec = self.meta["dx"]["DOT_PREC"]
+        self.dx_prec = _dx_dot_precision(x.dtype in (torch.bfloat16, torch.float16))
         c = self.cfg = _bwd_config(n, self.dx_prec, T, D)
         self.g1 = max(1, min(triton.cdiv(T, c["bt1"]), c["g1_max"]))
         self.col_blocks = n * triton.cdiv(D, c["bd3"])
         nsplit = max(1, min(64, triton.cdiv(c["programs3"], self.col_blocks), triton.cdiv(T, c["min_tokens3"])))
         self.tps = triton.cdiv(triton.cdiv(T, nsplit), c["bt3"]) * c["bt3"]
         self.nsplit = max(1, triton.cdiv(T, self.tps))
+        vec = _vec(x.dtype, D, x_off, dh_off, *sx, *sd)
+        tvec = 16 if T % 16 == 0 and S % 16 == 0 and self.tps % 16 == 0 else 1
+        self.meta = _bwd_metas(n, x.dtype, vec, tvec, K, T, D)
         f32 = dict(dtype=torch.float32, device=dev)
         # extra memory: O(T*FP) + O(nsplit*F*K) with nsplit <= 64
         self.dmix = torch.empty((T, self.FP), **f32)
@@ -832,7 +843,8 @@ def reachable_variants() -> list:
     for n in range(1, N_MAX + 1):
         for dt in X_DTYPES.values():
             for vec in sorted({_vec(dt, 0), 1}):
-                metas = [(k, m) for K in _k_classes(n) for k, m in _bwd_metas(n, dt, vec, K).items()]
+                metas = [(k, m) for K in _k_classes(n) for tvec in (16, 1)
+                         for k, m in _bwd_metas(n, dt, vec, tvec, K).items()]
                 metas += [("fwd_token" if k == "token" else k, m) for k, m in _fwd_metas(n, dt, vec).items()]
                 for k, m in metas:
                     kernel = globals()[_KERNELS[k]]

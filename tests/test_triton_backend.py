@@ -18,7 +18,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 import impls.triton_mhc as tm  # noqa: E402
-from fuzz.cases import LAYOUTS, CaseParams, make_inputs  # noqa: E402
+from fuzz.cases import CaseParams, make_inputs  # noqa: E402
 from fuzz.cases import _layout as cases_layout  # noqa: E402
 from fuzz.check import run_case  # noqa: E402
 from fuzz.guards import guarded  # noqa: E402
@@ -180,12 +180,15 @@ def test_every_launch_is_a_reachable_variant(monkeypatch):
     dtypes the variant assumes, and i32 integers (not specialized, see _kernel)."""
     monkeypatch.setattr(tm, "INTERPRET", False)
     reachable = {tm._variant(getattr(tm, name), getattr(torch, dt), meta) for name, dt, meta in tm.reachable_variants()}
-    assert len(reachable) <= 220        # few variants: all of them compile before a run
+    assert len(reachable) <= 250        # few variants: all of them compile before a run
     seen = set()
-    shapes = [(n, dt, D) for n in range(1, 9) for dt in ("bf16", "fp16", "fp32") for D in (1, 3, 8, 17, 24, 100)]
-    shapes += [(n, "bf16", D) for n in range(1, 9) for D in (7168, 16383)]  # kernel (4)'s wider column blocks
-    for i, (n, dt, D) in enumerate(shapes):
-        case = (1 + i % 2, 2, n, D, dt, LAYOUTS[i % len(LAYOUTS)], i % 3 != 0)
+    # (D, S, layout): aligned and odd rows, token counts that are multiples of 16 or not
+    forms = [(3, 2, "contiguous"), (24, 16, "contiguous"), (24, 2, "contiguous"), (3, 16, "contiguous"),
+             (17, 2, "strided"), (100, 16, "offset"), (8, 2, "transposed"), (1, 16, "offset")]
+    cases = [(n, dt) + f for n in range(1, 9) for dt in ("bf16", "fp16", "fp32") for f in forms]
+    cases += [(n, "bf16", D, 2, "contiguous") for n in range(1, 9) for D in (7168, 16383)]  # wider kernel (4) blocks
+    for i, (n, dt, D, S, layout) in enumerate(cases):
+        case = (1 + i % 2, S, n, D, dt, layout, i % 3 != 0)
         for launch in _gpu_launches(monkeypatch, *case):
             key = launch.variant()
             assert key in reachable, f"{case}: {key} is not in reachable_variants()"
@@ -239,7 +242,7 @@ COMPILE_SCRIPT = textwrap.dedent("""
     except ImportError as exc:
         print("NOAPI", exc); sys.exit(0)
     import impls.triton_mhc as tm
-    metas = dict(tm._bwd_metas(4, torch.bfloat16, 8, 4 * 7168))
+    metas = dict(tm._bwd_metas(4, torch.bfloat16, 8, 16, 4 * 7168))
     metas.update({"fwd_" + k if k == "token" else k: m for k, m in tm._fwd_metas(4, torch.bfloat16, 8).items()})
     for key, meta in metas.items():
         fn = getattr(tm, tm._KERNELS[key])
