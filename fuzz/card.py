@@ -3,8 +3,8 @@ columns where the output is not a terminal (CI logs cut longer lines), and a Mar
 for a pull request with a plot of the error/bound ratios.
 
 A card (built by fuzz/onboard.py) is a dict: backend, target, device, passed, declared
-{field: text}, checks [{check, ok, detail}], findings [{check, kind, components, case,
-message, report, replay}], speed (fuzz/speed.py's section), and "_plot" (the statistics to
+{field: text}, checks [{check, ok, detail}], findings [{checks, kind, components,
+case, message, report, replay}], speed (fuzz/speed.py's section), and "_plot" (the statistics to
 draw, not written to JSON)."""
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def plain_lines(card, width: int = WIDTH) -> list:
     if card.get("findings"):
         lines.append("findings:")
         for f in card["findings"]:
-            lines += _wrapped(f"{f['check']}: {f['kind']} ({', '.join(f['components']) or '-'}) at {f['case']}", 2, width)
+            lines += _wrapped(f"{f['kind']} ({', '.join(f['components']) or '-'}) at {f['case']}, found by: "
+                              + ", ".join(f["checks"]), 2, width)
             lines += _wrapped(f["message"], 6, width)
             if f.get("replay"):
                 lines += _wrapped("replay: " + f["replay"], 6, width)
@@ -114,8 +115,8 @@ def print_card(console, card) -> None:
     if card.get("declared"):
         console.print("declared: " + "; ".join(f"{k} {v}" for k, v in card["declared"].items()), markup=False)
     for f in card.get("findings") or []:
-        console.print(f"[red]{f['kind']}[/] ({', '.join(f['components']) or '-'}) in the {f['check']} at "
-                      f"{f['case']}: {f['message']}", highlight=False)
+        console.print(f"[red]{f['kind']}[/] ({', '.join(f['components']) or '-'}) at {f['case']}, found by "
+                      f"{', '.join(f['checks'])}: {f['message']}", highlight=False)
         if f.get("replay"):
             console.print(f"  replay: {f['replay']}", markup=False, highlight=False)
     sec = card.get("speed")
@@ -153,8 +154,8 @@ def write_markdown(card, path) -> Path:
     if card.get("findings"):
         lines += ["", "## Findings"]
         for f in card["findings"]:
-            lines += ["", f"### {f['kind']} ({', '.join(f['components']) or '-'}), {f['check']}", "",
-                      f"- case: `{f['case']}`", f"- {_cell(f['message'])}"]
+            lines += ["", f"### {f['kind']} ({', '.join(f['components']) or '-'})", "",
+                      f"- found by: {', '.join(f['checks'])}", f"- case: `{f['case']}`", f"- {_cell(f['message'])}"]
             if f.get("replay"):
                 lines.append(f"- replay: `{f['replay']}`")
     sec = card.get("speed")

@@ -129,17 +129,20 @@ def build_card(args, console) -> dict:
         line("warm-up", "error" not in warmed, format_stats(warmed))
 
     env = environment(device)
-    findings = {}      # signature -> (check, result, report path): the smallest case of each
+    findings = {}      # signature -> [checks that saw it, its smallest case, its report]
 
     def found(check, res, path=None):
-        if res.failed and path is None:
+        if path is None:       # the fuzz writes its own; one file per signature keeps the smallest case
             try:
                 path, _ = write_report(build_report(res, plugins=plugins, env=env), reports_dir)
             except OSError:
                 path = None
-        old = findings.get(res.signature())
-        if old is None or case_size(res.params) < case_size(old[1].params):
-            findings[res.signature()] = (check, res, path)
+        f = findings.setdefault(res.signature(), [[], res, path])
+        if check not in f[0]:
+            f[0].append(check)
+        if case_size(res.params) < case_size(f[1].params):
+            f[1] = res
+        f[2] = f[2] or path
 
     executor = SubprocessExecutor(plugins, device, args.tolerances, 300.0)
     try:
@@ -151,7 +154,7 @@ def build_card(args, console) -> dict:
                                 else "declares no limits (nothing to refuse)"))
         for _, r in refusals:
             if r.failed:
-                found("refusal probe", r)
+                found("refuses unsupported inputs", r)
 
         cases = list(sweep_cases(caps, device))
         with console.status(f"onboarding {name}: shape sweep ({len(cases)} cases)"):
@@ -160,7 +163,7 @@ def build_card(args, console) -> dict:
         for r in sweep:
             sweep_stats.record(r)
             if r.failed:
-                found("shape sweep", r)
+                found("shape sweep within tolerance", r)
         fails = [r for r in sweep if r.failed]
         line("shape sweep within tolerance", not fails,
              f"{len(sweep) - len(fails)}/{len(sweep)} cases pass, worst error/bound "
@@ -186,11 +189,11 @@ def build_card(args, console) -> dict:
         executor.close()
     card["_plot"] = [sweep_stats, dataclasses.replace(stats, name=f"{name}, short fuzz")]
     flags = "".join(f" --plugin {p}" for p in plugins)
-    card["findings"] = [{"check": check, "kind": r.kind, "components": r.failing_components(),
+    card["findings"] = [{"checks": checks, "kind": r.kind, "components": r.failing_components(),
                          "case": r.params.short(), "message": r.message.splitlines()[0][:300] if r.message else "",
                          "report": str(path) if path else None,
                          "replay": f"mhc-fuzz replay {path}{flags}" if path else None}
-                        for check, r, path in findings.values()]
+                        for checks, r, path in findings.values()]
 
     # Timing runs in this process: a backend that crashed or hung above is not timed.
     if any(r.kind in (CRASH, TIMEOUT) for _, r, _ in findings.values()):

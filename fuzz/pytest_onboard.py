@@ -1,0 +1,150 @@
+"""pytest plugin (entry point pytest11): the onboarding card as test items of a backend's own suite.
+
+    pytest --mhc-onboard NAME           # a registered backend (e.g. through its entry point)
+    pytest --mhc-onboard module:attr    # a backend object, installed or not
+
+Each line of the card (fuzz/onboard.py CHECKS) becomes a test item `mhc-onboard[NAME]::<check>`:
+a failing check fails its item with the check's detail and the replay lines of what it found;
+a check the card did not reach (the contract failed, it cannot run here, no warm_up()) is
+skipped with the reason. The card runs once per session, shared by pytest-xdist workers, and
+is printed at the end. Options: --mhc-onboard-budget (the short fuzz, default 20s),
+--mhc-onboard-device cuda|cpu, --mhc-onboard-markdown FILE (the card as a Markdown page)."""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_cards: dict = {}      # spec -> card built in this process
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("mhc-fuzz onboarding")
+    g.addoption("--mhc-onboard", action="append", default=[], metavar="NAME|MODULE:ATTR",
+                help="run the mhc-fuzz onboarding card of this backend, one test item per check (repeatable)")
+    g.addoption("--mhc-onboard-budget", default="20s", help="time for the card's short fuzz (default 20s)")
+    g.addoption("--mhc-onboard-device", choices=("cuda", "cpu"), default=None,
+                help="device for the card (default: cuda when present)")
+    g.addoption("--mhc-onboard-markdown", metavar="FILE", help="also write the card as a Markdown page")
+
+
+def pytest_configure(config):
+    if not config.getoption("--mhc-onboard"):
+        return
+    device = config.getoption("--mhc-onboard-device")
+    if device is None:
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":     # read when Triton kernels are imported: set it before test modules are
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.hookimpl(tryfirst=True)     # before -k / -m deselect, so they apply to these items too
+def pytest_collection_modifyitems(session, config, items):
+    for spec in config.getoption("--mhc-onboard"):
+        card = OnboardCard.from_parent(session, name=f"mhc-onboard[{spec}]", nodeid=f"mhc-onboard[{spec}]", spec=spec)
+        items.extend(card.collect())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    from fuzz.card import plain_lines
+    for spec, card in _cards.items():
+        terminalreporter.section(f"mhc-fuzz onboarding card: {spec}")
+        for line in plain_lines(card) if "error" not in card else [card["error"]]:
+            terminalreporter.line(line)
+
+
+class OnboardCard(pytest.Collector):
+    def __init__(self, *, spec, **kw):
+        super().__init__(**kw)
+        self.spec = spec
+
+    def collect(self):
+        from fuzz.onboard import CHECKS
+        return [OnboardItem.from_parent(self, name=check.replace(" ", "-"), check=check, spec=self.spec)
+                for check in CHECKS]
+
+
+class OnboardFailure(AssertionError):
+    pass
+
+
+class OnboardItem(pytest.Item):
+    def __init__(self, *, check, spec, **kw):
+        super().__init__(**kw)
+        self.check, self.spec = check, spec
+
+    def runtest(self):
+        card = card_of(self.config, self.spec)
+        if "error" in card:
+            raise OnboardFailure(card["error"])
+        lines = {c["check"]: c for c in card["checks"]}
+        c = lines.get(self.check)
+        if c is None:
+            if self.check == "warm-up" and lines.get("available", {}).get("ok"):
+                pytest.skip("the backend has no warm_up()")
+            stop = next((x["check"] for x in card["checks"] if not x["ok"]), "?")
+            pytest.skip(f"not reached: the card stopped at {stop!r}")
+        self.user_properties.append(("detail", c["detail"]))
+        if not c["ok"]:
+            found = [f"{f['kind']} ({', '.join(f['components']) or '-'}) at {f['case']}\n  replay: {f['replay']}"
+                     for f in card.get("findings") or [] if self.check in f["checks"] and f.get("replay")]
+            raise OnboardFailure("\n".join([c["detail"], *found]))
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, OnboardFailure):
+            return f"onboarding check {self.check!r} of {self.spec} failed: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, f"mhc-fuzz onboarding of {self.spec}: {self.check}"
+
+
+def card_of(config, spec: str) -> dict:
+    """The card of `spec`, built once: in this process, or under pytest-xdist by the first
+    worker that asks, the others reading its copy (a file under a lock)."""
+    if spec in _cards:
+        return _cards[spec]
+    run_id = getattr(config, "workerinput", {}).get("testrunuid")
+    if run_id is None:
+        _cards[spec] = _build(config, spec)
+        return _cards[spec]
+    folder = Path(tempfile.gettempdir()) / f"mhc-onboard-{run_id}"
+    folder.mkdir(exist_ok=True)
+    key = hashlib.sha1(spec.encode()).hexdigest()[:12]
+    with open(folder / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        shared = folder / f"{key}.json"
+        if shared.exists():
+            return json.loads(shared.read_text())
+        _cards[spec] = card = _build(config, spec)
+        shared.write_text(json.dumps({k: v for k, v in card.items() if not k.startswith("_")}))
+        return card
+
+
+def _build(config, spec: str) -> dict:
+    from rich.console import Console
+    from fuzz import onboard
+    from fuzz.cli import HarnessError, build_parser
+    argv = ["onboard", *([spec] if ":" in spec else ["--backend", spec]),
+            "--budget", config.getoption("--mhc-onboard-budget"),
+            "--reports", str(Path(config.rootpath) / "fuzz-out" / "onboard-reports")]
+    if config.getoption("--mhc-onboard-device"):
+        argv += ["--device", config.getoption("--mhc-onboard-device")]
+    try:
+        card = onboard.build_card(build_parser().parse_args(argv), Console(file=io.StringIO(), width=80))
+    except HarnessError as exc:
+        return {"target": spec, "error": f"mhc-fuzz onboard {spec}: {exc}"}
+    markdown = config.getoption("--mhc-onboard-markdown")
+    if markdown:
+        path = Path(markdown)
+        if len(config.getoption("--mhc-onboard")) > 1:      # one page per backend
+            path = path.with_name(f"{path.stem}-{card['backend'] or 'card'}{path.suffix}")
+        onboard.write(card, markdown_path=path)
+    return card
