@@ -8,7 +8,8 @@ a failing check fails its item with the check's detail and the replay lines of w
 a check the card did not reach (the contract failed, it cannot run here, no warm_up()) is
 skipped with the reason. The card runs once per session, shared by pytest-xdist workers, and
 is printed at the end. Options: --mhc-onboard-budget (the short fuzz, default 20s),
---mhc-onboard-device cuda|cpu, --mhc-onboard-markdown FILE (the card as a Markdown page)."""
+--mhc-onboard-device cuda|cpu, --mhc-onboard-markdown FILE (the card as a Markdown page; with
+several backends one page each, FILE-<spec>.md)."""
 from __future__ import annotations
 
 import fcntl
@@ -16,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -144,7 +146,7 @@ def _build(config, spec: str) -> dict:
     markdown = config.getoption("--mhc-onboard-markdown")
     if markdown:
         path = Path(markdown)
-        if len(config.getoption("--mhc-onboard")) > 1:      # one page per backend
-            path = path.with_name(f"{path.stem}-{card['backend'] or 'card'}{path.suffix}")
+        if len(config.getoption("--mhc-onboard")) > 1:      # one page per backend: FILE-<spec>.md
+            path = path.with_name(f"{path.stem}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', spec)}{path.suffix}")
         onboard.write(card, markdown_path=path)
     return card

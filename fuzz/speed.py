@@ -110,7 +110,10 @@ def versus(ms: float, other_ms: float) -> str:
 
 
 def ms_text(v) -> str:
-    return f"{v:.3f}" if isinstance(v, float) and v < 1 else (f"{v:.2f}" if isinstance(v, float) else str(v))
+    """Milliseconds with three significant digits below 1 (0.0123), two decimals above."""
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.3g}" if v < 1 else (f"{v:.2f}" if v < 100 else f"{v:.0f}")
 
 
 def rows(sec: dict, shape: dict) -> list:
