@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-_cards: dict = {}      # spec -> card built in this process
+_cards: dict = {}      # spec -> card built (or read) in this process
+_printed: dict = {}    # spec -> the card as text, from the items' reports, for the session's end
 
 
 def pytest_addoption(parser):
@@ -54,12 +55,24 @@ def pytest_collection_modifyitems(session, config, items):
         items.extend(card.collect())
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    text = getattr(item, "card_text", None)
+    if text is not None and call.when == "call":
+        outcome.get_result().mhc_onboard_card = (item.spec, text)    # travels with the report (xdist too)
+
+
+def pytest_runtest_logreport(report):
+    spec, text = getattr(report, "mhc_onboard_card", (None, None))
+    if spec is not None:
+        _printed[spec] = text
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    from fuzz.card import plain_lines
-    for spec, card in _cards.items():
+    for spec, text in _printed.items():
         terminalreporter.section(f"mhc-fuzz onboarding card: {spec}")
-        for line in plain_lines(card) if "error" not in card else [card["error"]]:
-            terminalreporter.line(line)
+        terminalreporter.line(text)
 
 
 class OnboardCard(pytest.Collector):
@@ -83,7 +96,9 @@ class OnboardItem(pytest.Item):
         self.check, self.spec = check, spec
 
     def runtest(self):
+        from fuzz.card import plain_lines
         card = card_of(self.config, self.spec)
+        self.card_text = card["error"] if "error" in card else "\n".join(plain_lines(card))
         if "error" in card:
             raise OnboardFailure(card["error"])
         lines = {c["check"]: c for c in card["checks"]}
@@ -117,14 +132,18 @@ def card_of(config, spec: str) -> dict:
     if run_id is None:
         _cards[spec] = _build(config, spec)
         return _cards[spec]
-    folder = Path(tempfile.gettempdir()) / f"mhc-onboard-{run_id}"
+    # the run's shared temporary folder (pytest removes old ones), as pytest-xdist recommends
+    factory = getattr(config, "_tmp_path_factory", None)
+    shared_root = factory.getbasetemp().parent if factory else Path(tempfile.gettempdir())
+    folder = shared_root / f"mhc-onboard-{run_id}"
     folder.mkdir(exist_ok=True)
     key = hashlib.sha1(spec.encode()).hexdigest()[:12]
     with open(folder / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         shared = folder / f"{key}.json"
         if shared.exists():
-            return json.loads(shared.read_text())
+            _cards[spec] = json.loads(shared.read_text())
+            return _cards[spec]
         _cards[spec] = card = _build(config, spec)
         shared.write_text(json.dumps({k: v for k, v in card.items() if not k.startswith("_")}))
         return card
@@ -139,14 +158,15 @@ def _build(config, spec: str) -> dict:
             "--reports", str(Path(config.rootpath) / "fuzz-out" / "onboard-reports")]
     if config.getoption("--mhc-onboard-device"):
         argv += ["--device", config.getoption("--mhc-onboard-device")]
+    markdown = config.getoption("--mhc-onboard-markdown")
+    if markdown and len(config.getoption("--mhc-onboard")) > 1:      # one page per backend: FILE-<spec>.md
+        markdown = Path(markdown).with_name(f"{Path(markdown).stem}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', spec)}"
+                                            f"{Path(markdown).suffix}")
     try:
         card = onboard.build_card(build_parser().parse_args(argv), Console(file=io.StringIO(), width=80))
+        onboard.write(card, markdown_path=markdown)
     except HarnessError as exc:
         return {"target": spec, "error": f"mhc-fuzz onboard {spec}: {exc}"}
-    markdown = config.getoption("--mhc-onboard-markdown")
-    if markdown:
-        path = Path(markdown)
-        if len(config.getoption("--mhc-onboard")) > 1:      # one page per backend: FILE-<spec>.md
-            path = path.with_name(f"{path.stem}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', spec)}{path.suffix}")
-        onboard.write(card, markdown_path=path)
+    except Exception as exc:      # kept as the card's result: every item reports it, none retries
+        return {"target": spec, "error": f"mhc-fuzz onboard {spec} raised {type(exc).__name__}: {exc}"}
     return card
