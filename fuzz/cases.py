@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from impls.golden import mhc_forward, mix_width
+from impls.golden import mhc_forward
+from impls.schema import BACKWARD_ARGS, FORWARD_ARGS, X_DTYPES, mix_width
 from fuzz.precision import TORCH_DTYPE
 
 LAYOUTS = ("contiguous", "offset", "strided", "transposed")
@@ -77,13 +78,17 @@ class CaseParams:
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"case parameter {k} must be a positive int, got {v!r}")
-        if self.x_dtype not in ("bf16", "fp16", "fp32"):
-            raise ValueError(f"x_dtype must be bf16, fp16 or fp32, got {self.x_dtype!r}")
+        if self.x_dtype not in X_DTYPES:
+            raise ValueError(f"x_dtype must be one of {X_DTYPES}, got {self.x_dtype!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if len(self.alpha) != 3:
             raise ValueError("alpha must have 3 values")
         return self
+
+    def capability_query(self, device: str) -> dict:
+        """What Capabilities.refusal() is asked about this case."""
+        return dict(device=device, x_dtype=self.x_dtype, n=self.n, D=self.D, T=self.T)
 
     def short(self) -> str:
         return (f"B={self.B} S={self.S} n={self.n} D={self.D} {self.x_dtype} seed={self.seed} "
@@ -133,9 +138,8 @@ class Inputs:
     dh_post: torch.Tensor
     dh_res: torch.Tensor
 
-    BACKWARD_ARGS = ("x", "phi", "alpha", "bias", "inv_rms", "h_mix", "h_pre", "h_post",
-                     "dh_in", "dh_post", "dh_res", "gamma")
-    FORWARD_ARGS = ("x", "phi", "alpha", "bias", "gamma")
+    BACKWARD_ARGS = BACKWARD_ARGS
+    FORWARD_ARGS = FORWARD_ARGS
 
     def backward_args(self):
         return tuple(getattr(self, k) for k in self.BACKWARD_ARGS)

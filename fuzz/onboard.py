@@ -67,11 +67,11 @@ def build_card(args, console) -> dict:
     return the card (see fuzz/card.py). Bad arguments raise HarnessError."""
     from fuzz import card as cardmod
     from fuzz import engine, speed
-    from fuzz.check import (ACCEPTED_UNSUPPORTED, CRASH, INPUT_MUTATED, NONDETERMINISTIC, OUT_OF_BOUNDS, TIMEOUT,
-                            backend_can_run)
-    from fuzz.cli import HarnessError, _prepare_cpu_env, _writable_dir, parse_budget, pick_device
+    from fuzz.check import backend_can_run
+    from fuzz.errors import HarnessError
     from fuzz.executor import SubprocessExecutor
-    from fuzz.profiles import ProfileError, get_profile
+    from fuzz.kinds import FailureKind
+    from fuzz.plan import load_profile, parse_budget, pick_device, prepare_device_env, writable_dir
     from fuzz.reports import build_report, case_size, environment, write_report
     from fuzz.summary import format_stats
     from impls.registry import default_registry, warm_up
@@ -79,13 +79,10 @@ def build_card(args, console) -> dict:
     if bool(args.target) == bool(args.backend):
         raise HarnessError("onboard: give either module:attr or --backend NAME")
     budget = parse_budget(args.budget)
-    try:
-        profile = get_profile(args.profile)
-    except ProfileError as exc:
-        raise HarnessError(str(exc)) from None
+    profile = load_profile(args.profile)
     device = pick_device(args.device, console)
-    _prepare_cpu_env(device)
-    reports_dir = _writable_dir(args.reports, "--reports")
+    prepare_device_env(device)
+    reports_dir = writable_dir(args.reports, "--reports")
     plugins = list(dict.fromkeys(list(args.plugin) + ([args.target] if args.target else [])))
     reg = default_registry(plugins)
     card = {"backend": None, "target": args.target or args.backend, "device": device, "gpu": None,
@@ -169,11 +166,14 @@ def build_card(args, console) -> dict:
              f"{len(sweep) - len(fails)}/{len(sweep)} cases pass, worst error/bound "
              f"{max((r.worst_ratio() for r in sweep), default=0):.3g}"
              + ("" if not fails else f"; first failure: {fails[0].params.short()}: {fails[0].kind} {fails[0].message[:150]}"))
-        for kind, check in ((INPUT_MUTATED, "inputs left unchanged"), (OUT_OF_BOUNDS, "no writes outside its buffers"),
-                            (NONDETERMINISTIC, "determinism as declared"), (ACCEPTED_UNSUPPORTED, "stays within its claims")):
+        for kind, check in ((FailureKind.INPUT_MUTATED, "inputs left unchanged"),
+                            (FailureKind.OUT_OF_BOUNDS, "no writes outside its buffers"),
+                            (FailureKind.NONDETERMINISTIC, "determinism as declared"),
+                            (FailureKind.ACCEPTED_UNSUPPORTED, "stays within its claims")):
             hit = [r for r in sweep + [r for _, r in refusals] if r.kind == kind]
-            line(check, not hit, hit[0].message[:150] if hit else ("checked on every sweep case" if kind != NONDETERMINISTIC
-                 or caps.deterministic else "declares non-deterministic: not required"))
+            line(check, not hit, hit[0].message[:150] if hit else ("checked on every sweep case"
+                 if kind != FailureKind.NONDETERMINISTIC or caps.deterministic
+                 else "declares non-deterministic: not required"))
 
         opts = engine.FuzzOptions(device=device, chunk_examples=profile.chunk_examples, limits=profile.limits(device),
                                   seed=args.seed, reports_dir=reports_dir, plugins=tuple(plugins))
@@ -196,7 +196,7 @@ def build_card(args, console) -> dict:
                         for checks, r, path in findings.values()]
 
     # Timing runs in this process: a backend that crashed or hung above is not timed.
-    if any(r.kind in (CRASH, TIMEOUT) for _, r, _ in findings.values()):
+    if any(r.kind in (FailureKind.CRASH, FailureKind.TIMEOUT) for _, r, _ in findings.values()):
         card["speed"] = {"measured": False, "why": "not measured: the backend crashed or hung in the checks above"}
     else:
         with console.status(f"onboarding {name}: timing it beside the built-in backends"):

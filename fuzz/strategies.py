@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from fuzz.cases import LAYOUTS, CaseParams
 from impls.registry import Capabilities
+from impls.schema import X_DTYPES
 
 # D values real kernels get wrong: around block sizes, odd, and the production sizes.
 _BLOCKS = (16, 32, 64, 128, 256, 512, 1024)
@@ -102,7 +103,7 @@ def outside_limits(caps: Capabilities) -> list:
     if caps.d_max is not None:
         n_small = min(base["n"], 2) if caps.n_values is None else base["n"]
         out.append(("D max", dict(base, D=caps.d_max + caps.d_multiple, n=n_small)))
-    out += [("x dtype", dict(base, x_dtype=d)) for d in ("bf16", "fp16", "fp32") if d not in caps.x_dtypes]
+    out += [("x dtype", dict(base, x_dtype=d)) for d in X_DTYPES if d not in caps.x_dtypes]
     if caps.max_tokens is not None and caps.max_tokens < 1 << 20:
         out.append(("max tokens", dict(base, S=caps.max_tokens + 1, D=caps.d_multiple)))
     return out

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from impls.golden import HC_EPS, mhc_forward
-from impls.registry import BACKWARD_OUTPUTS as BACKWARD  # noqa: F401  (re-exported)
-from impls.registry import FORWARD_OUTPUTS as FORWARD
+from impls.schema import BACKWARD_OUTPUTS as BACKWARD  # noqa: F401  (re-exported)
+from impls.schema import FORWARD_OUTPUTS as FORWARD
 
 
 def _f64(t):

@@ -38,13 +38,9 @@ BUILTIN_TARGETS = (
     "impls.tilelang_mhc:backend",
 )
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+from impls.schema import BACKWARD_OUTPUTS, DTYPE_NAMES, DTYPES, FORWARD_OUTPUTS, X_DTYPES  # noqa: E402,F401
 # Input precision of matrix products a backend may declare (rounding of the GEMM operands).
 GEMM_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-# What a backend returns, by name (the order of backward() and forward()).
-BACKWARD_OUTPUTS = ("dx", "dphi", "dalpha", "dbias", "dgamma")
-FORWARD_OUTPUTS = ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre")
 DEVICES = ("cpu", "cuda")
 
 
@@ -61,7 +57,7 @@ class Capabilities:
     """What a backend promises to compute correctly. The fuzzer generates only inputs
     inside these limits and checks that inputs outside them are refused."""
     devices: tuple[str, ...] = DEVICES
-    x_dtypes: tuple[str, ...] = ("bf16", "fp16", "fp32")
+    x_dtypes: tuple[str, ...] = X_DTYPES
     n_values: tuple[int, ...] | None = None      # None: every n >= 1
     d_multiple: int = 1                           # D must be a multiple of this
     d_max: int | None = None
