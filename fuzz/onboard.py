@@ -29,6 +29,10 @@ def add_parser(sub, common):
     o.add_argument("--profile", default="ci")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--reports", default="fuzz-out/onboard-reports")
+    o.add_argument("--max-cases", type=int, default=None, metavar="N",
+                   help="end the short fuzz after N cases, if the budget lasts (a fixed amount of work)")
+    o.add_argument("--hypothesis-seed", type=int, default=None, metavar="S",
+                   help="seed Hypothesis: the short fuzz tries the same cases on every run")
     o.add_argument("--json", help="write the report card as JSON")
     o.add_argument("--markdown", metavar="FILE",
                    help="write the report card as a Markdown page for a pull request (plot beside it)")
@@ -71,7 +75,7 @@ def build_card(args, console) -> dict:
     from fuzz.errors import HarnessError
     from fuzz.executor import SubprocessExecutor
     from fuzz.kinds import FailureKind
-    from fuzz.plan import load_profile, parse_budget, pick_device, prepare_device_env, writable_dir
+    from fuzz.plan import load_profile, parse_budget, pick_device, plugin_path_env, prepare_device_env, writable_dir
     from fuzz.reports import build_report, case_size, environment, write_report
     from fuzz.summary import format_stats
     from impls.registry import default_registry, warm_up
@@ -84,6 +88,7 @@ def build_card(args, console) -> dict:
     prepare_device_env(device)
     reports_dir = writable_dir(args.reports, "--reports")
     plugins = list(dict.fromkeys(list(args.plugin) + ([args.target] if args.target else [])))
+    worker_env = plugin_path_env() if plugins else {}     # module:attr from the working directory too
     reg = default_registry(plugins)
     card = {"backend": None, "target": args.target or args.backend, "device": device, "gpu": None,
             "command": "mhc-fuzz onboard " + (args.target or f"--backend {args.backend}"),
@@ -141,7 +146,7 @@ def build_card(args, console) -> dict:
             f[1] = res
         f[2] = f[2] or path
 
-    executor = SubprocessExecutor(plugins, device, args.tolerances, 300.0)
+    executor = SubprocessExecutor(plugins, device, args.tolerances, 300.0, env=worker_env)
     try:
         with console.status(f"onboarding {name}: inputs outside its capabilities"):
             refusals = [(lim, executor.run(name, p)) for lim, p in refusal_cases(caps)]
@@ -176,7 +181,8 @@ def build_card(args, console) -> dict:
                  else "declares non-deterministic: not required"))
 
         opts = engine.FuzzOptions(device=device, chunk_examples=profile.chunk_examples, limits=profile.limits(device),
-                                  seed=args.seed, reports_dir=reports_dir, plugins=tuple(plugins))
+                                  seed=args.seed, reports_dir=reports_dir, plugins=tuple(plugins),
+                                  max_cases=args.max_cases, hypothesis_seed=args.hypothesis_seed)
         with console.status(f"onboarding {name}: short fuzz ({budget:.0f} s)"):
             stats = engine.fuzz_backend(name, caps, executor, budget, opts)
         for f in stats.findings.values():

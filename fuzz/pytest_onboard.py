@@ -8,8 +8,9 @@ a failing check fails its item with the check's detail and the replay lines of w
 a check the card did not reach (the contract failed, it cannot run here, no warm_up()) is
 skipped with the reason. The card runs once per session, shared by pytest-xdist workers, and
 is printed at the end. Options: --mhc-onboard-budget (the short fuzz, default 20s),
---mhc-onboard-device cuda|cpu, --mhc-onboard-markdown FILE (the card as a Markdown page; with
-several backends one page each, FILE-<spec>.md)."""
+--mhc-onboard-max-cases N (end the short fuzz after N cases), --mhc-onboard-device cuda|cpu,
+--mhc-onboard-markdown FILE (the card as a Markdown page; with several backends one page each,
+FILE-<spec>.md)."""
 from __future__ import annotations
 
 import fcntl
@@ -32,6 +33,8 @@ def pytest_addoption(parser):
     g.addoption("--mhc-onboard", action="append", default=[], metavar="NAME|MODULE:ATTR",
                 help="run the mhc-fuzz onboarding card of this backend, one test item per check (repeatable)")
     g.addoption("--mhc-onboard-budget", default="20s", help="time for the card's short fuzz (default 20s)")
+    g.addoption("--mhc-onboard-max-cases", type=int, default=None, metavar="N",
+                help="end the card's short fuzz after N cases, if the budget lasts (the same work on every machine)")
     g.addoption("--mhc-onboard-device", choices=("cuda", "cpu"), default=None,
                 help="device for the card (default: cuda when present)")
     g.addoption("--mhc-onboard-markdown", metavar="FILE", help="also write the card as a Markdown page")
@@ -156,8 +159,9 @@ def _build(config, spec: str) -> dict:
     argv = ["onboard", *([spec] if ":" in spec else ["--backend", spec]),
             "--budget", config.getoption("--mhc-onboard-budget"),
             "--reports", str(Path(config.rootpath) / "fuzz-out" / "onboard-reports")]
-    if config.getoption("--mhc-onboard-device"):
-        argv += ["--device", config.getoption("--mhc-onboard-device")]
+    for flag in ("device", "max-cases"):
+        if config.getoption(f"--mhc-onboard-{flag}") is not None:
+            argv += [f"--{flag}", str(config.getoption(f"--mhc-onboard-{flag}"))]
     markdown = config.getoption("--mhc-onboard-markdown")
     if markdown and len(config.getoption("--mhc-onboard")) > 1:      # one page per backend: FILE-<spec>.md
         markdown = Path(markdown).with_name(f"{Path(markdown).stem}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', spec)}"

@@ -103,7 +103,8 @@ def _pytest_onboard(repo, pythonpath, *specs, python=sys.executable, env=None):
                                 "e.value == 'fuzz.pytest_onboard' for e in entry_points(group='pytest11')))"],
                                env=env, capture_output=True, text=True).stdout.strip() == "True"
     args = [python, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "--rootdir", str(repo),
-            *([] if installed else ["-p", "fuzz.pytest_onboard"]), "--mhc-onboard-budget", "1s",
+            *([] if installed else ["-p", "fuzz.pytest_onboard"]), "--mhc-onboard-budget", "5m",
+            "--mhc-onboard-max-cases", "3",          # a fixed amount of work: the verdict does not depend on speed
             "--mhc-onboard-device", "cpu", "--mhc-onboard-markdown", str(repo / "card.md")]
     for spec in specs:
         args += ["--mhc-onboard", spec]
