@@ -33,7 +33,8 @@ def shapes_for(caps, shapes=STANDARD_SHAPES) -> list:
 
 def contenders(reg, name: str, device: str = "cuda") -> dict:
     """What the backend is timed against: {label: (backward, capabilities or None)}, the backend
-    first, then golden and torch.compile(golden), then every other built-in that runs here."""
+    first, then golden and torch.compile(golden), then every other built-in backend ((None,
+    why) for one that cannot run here)."""
     from fuzz.check import backend_can_run
     from fuzz.timing import compiled_golden
     from impls.golden import mhc_pre_backward_manual
@@ -43,8 +44,9 @@ def contenders(reg, name: str, device: str = "cuda") -> dict:
         out["golden"] = (mhc_pre_backward_manual, None)
     out["compile(golden)"] = (compiled_golden(), None)
     for other, ob in reg.backends.items():
-        if other not in out and reg.sources[other].startswith("builtin") and not backend_can_run(ob, device):
-            out[other] = (ob.backward, ob.capabilities)
+        if other not in out and reg.sources[other].startswith("builtin"):
+            why = backend_can_run(ob, device)
+            out[other] = (None, why) if why else (ob.backward, ob.capabilities)
     return out
 
 
@@ -61,6 +63,9 @@ def measure(contenders: dict, shapes: list, bandwidth_Bps: float, bench, make_in
         xb = torch.empty(0, dtype=dtype).element_size()
         times = {}
         for label, (fn, caps) in contenders.items():
+            if fn is None:
+                times[label] = f"unavailable: {caps}"
+                continue
             why = caps.refusal(device=device, x_dtype=s["dtype"], n=n, D=D, T=T) if caps else None
             if why:
                 times[label] = f"refuses: {why}"

@@ -119,6 +119,17 @@ def test_standard_shapes_move_inside_the_declared_limits():
     assert all(caps.refusal(device="cuda", x_dtype=s["dtype"], n=s["n"], D=s["D"], T=s["T"]) is None for s in shapes)
 
 
+def test_the_backend_is_timed_beside_golden_its_compiled_form_and_every_built_in():
+    reg = default_registry(["tests.onboard_probe:narrow"])
+    c = speed.contenders(reg, "narrow_probe", device="cpu")
+    builtins = [n for n, src in reg.sources.items() if src.startswith("builtin") and n != "golden"]
+    assert list(c) == ["narrow_probe", "golden", "compile(golden)", *builtins]
+    assert c["golden"][0] is mhc_pre_backward_manual and c["narrow_probe"][1] is narrow.capabilities
+    for name in builtins:     # each one runs here, or says why not
+        fn, caps = c[name]
+        assert (fn is None and isinstance(caps, str)) or caps is reg.get(name).capabilities
+
+
 def test_measure_times_each_contender_and_says_why_one_has_no_time():
     calls = []
 
@@ -133,12 +144,12 @@ def test_measure_times_each_contender_and_says_why_one_has_no_time():
     contenders = {"narrow_probe": (narrow.backward, narrow.capabilities),
                   "golden": (mhc_pre_backward_manual, None),
                   "n8_only": (mhc_pre_backward_manual, Capabilities(n_values=(8,))),
-                  "broken": (boom, None)}
+                  "broken": (boom, None), "absent": (None, "no CUDA device")}
     rows = speed.measure(contenders, [dict(T=6, n=4, D=32, dtype="fp32")], 1e9, bench, make_inputs, device="cpu")
     times = rows[0]["times"]
     assert times["narrow_probe"] == times["golden"] == 2.0 and calls == [torch.Size([1, 6, 4, 32])] * 2
     assert times["n8_only"] == "refuses: n=4 not in (8,)"
-    assert times["broken"] == "error: RuntimeError: boom"
+    assert times["broken"] == "error: RuntimeError: boom" and times["absent"] == "unavailable: no CUDA device"
     assert rows[0]["roofline_ms"] == pytest.approx(bwd_bytes(6, 4, 32, 4) / 1e9 * 1e3)
 
 
