@@ -61,6 +61,11 @@ def run(args, console) -> int:
     reg = load_registry(targets + list(args.plugin), console)
     reports = writable_dir(args.reports, "--reports")
     rows = []
+    # one worker for every mutant (each is a plugin it loads): started once, restarted only
+    # after the crash and hang mutants
+    shared = RunPlan(device, budget, profile, reg, [], tuple(targets) + tuple(args.plugin), reports_dir=reports,
+                     tolerances=args.tolerances, case_timeout_s=args.case_timeout)
+    executor = shared.executor()
     with stop.cooperative():
         for cls in classes:
             backend = reg.get(cls.name)
@@ -73,18 +78,19 @@ def run(args, console) -> int:
             plan = RunPlan(device, budget, profile, reg, [cls.name], tuple(targets) + tuple(args.plugin),
                            seed=args.seed, reports_dir=reports, tolerances=args.tolerances,
                            case_timeout_s=args.case_timeout, started=time.monotonic())
-            executor = plan.executor()
             expected = frozenset(getattr(cls, "expected_signatures", ()))
             try:
                 stats = fuzz_backend(cls.name, backend.capabilities, executor, budget,
                                      plan.fuzz_options(stop_on_first_failure=True, stop_when_found=expected,
                                                        max_cases=args.max_cases,
                                                        hypothesis_seed=args.hypothesis_seed))
-            finally:
+            except BaseException:
                 executor.close()
+                raise
             rows.append(_row(cls, stats))
             if stats.interrupted:
                 break
+    executor.close()
     console.print(_table(rows, device))
     survived = [r["mutant"] for r in rows if not r["killed"] and not r["skipped"]]
     if args.json:
