@@ -118,7 +118,7 @@ def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
     return page
 
 
-def _plot(out_dir: Path, all_stats):
+def _plot(out_dir: Path, all_stats, filename: str = "ratios.png"):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -139,7 +139,7 @@ def _plot(out_dir: Path, all_stats):
         ax.set_ylabel("ratio")
         ax.legend(loc="upper right")
     fig.tight_layout()
-    path = out_dir / "ratios.png"
+    path = out_dir / filename
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
