@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings, target
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from fuzz import discrimination
 from fuzz.cases import CaseParams
 from fuzz.check import CaseResult
 from fuzz.executor import WorkerStartError
@@ -173,6 +174,7 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         for v in res.verdicts:
             if math.isfinite(v.worst_ratio):
                 target(min(v.worst_ratio, 1e12), label=v.component)
+        target(discrimination.observe(stats, res), label="discrimination")   # tallied for the summary
         if res.failed:
             record_failure(res)
             raise _failure_type(res.signature())(f"{res.signature()}: {res.message}")
