@@ -2,7 +2,10 @@
 
 A mutant is killed when the fuzzer reports any failure for it; the table also shows the
 failure kind (the containment mutants must get their own kind), the time to the first
-failure and the size of the minimized case."""
+failure and the size of the minimized case. A mutant that cannot run here (its
+unavailable_reason(), e.g. a bug that only shows on the GPU's large tier) is skipped with
+its reason, not counted as survived. A mutant class may name the profile it is fuzzed with
+(`profile = "large"`)."""
 from __future__ import annotations
 
 import importlib
@@ -30,6 +33,7 @@ def add_parser(sub, common):
 
 def run(args, console) -> int:
     from fuzz import engine
+    from fuzz.check import backend_can_run
     from fuzz.cli import HarnessError, _prepare_cpu_env, _registry, _writable_dir, parse_budget, pick_device
     from fuzz.executor import SubprocessExecutor
     from fuzz.profiles import ProfileError, get_profile
@@ -62,23 +66,36 @@ def run(args, console) -> int:
     rows = []
     try:
         for cls in classes:
+            why = backend_can_run(reg.get(cls.name), device)
+            if why:
+                console.print(f"skip mutant {cls.name}: {why}")
+                rows.append(_skipped_row(cls, why))
+                continue
             console.print(f"fuzzing mutant {cls.name} ...")
-            opts = engine.FuzzOptions(device=device, chunk_examples=profile.chunk_examples,
-                                      limits=profile.limits(device), seed=args.seed, database=None,
+            prof = get_profile(cls.profile) if getattr(cls, "profile", None) else profile
+            opts = engine.FuzzOptions(device=device, chunk_examples=prof.chunk_examples,
+                                      limits=prof.limits(device), seed=args.seed, database=None,
                                       reports_dir=reports, plugins=tuple(targets), stop_on_first_failure=True)
             stats = engine.fuzz_backend(cls.name, reg.get(cls.name).capabilities, executor, budget, opts)
             rows.append(_row(cls, stats))
     finally:
         executor.close()
     console.print(_table(rows, device))
-    survived = [r["mutant"] for r in rows if not r["killed"]]
+    survived = [r["mutant"] for r in rows if not r["killed"] and not r["skipped"]]
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "mutants": rows}, indent=2) + "\n")
     if survived:
         console.print(f"[red]survived:[/] {', '.join(survived)}")
         return 1
-    console.print(f"[green]all {len(rows)} mutants killed[/]")
+    skipped = sum(bool(r["skipped"]) for r in rows)
+    console.print(f"[green]all {len(rows) - skipped} mutants killed[/]" + (f" ({skipped} skipped here)" if skipped else ""))
     return 0
+
+
+def _skipped_row(cls, why: str) -> dict:
+    return {"mutant": cls.name, "description": cls.description, "expected_kind": cls.expected, "killed": False,
+            "skipped": why, "kinds": [], "expected_kind_found": False, "cases": 0,
+            "seconds_to_first_failure": None, "minimized_case": None, "minimized_elements": None, "report": None}
 
 
 def _row(cls, stats) -> dict:
@@ -89,7 +106,7 @@ def _row(cls, stats) -> dict:
     kinds = sorted({f.result.kind for f in findings})
     return {
         "mutant": cls.name, "description": cls.description, "expected_kind": cls.expected,
-        "killed": bool(findings), "kinds": kinds, "expected_kind_found": cls.expected in kinds,
+        "killed": bool(findings), "skipped": None, "kinds": kinds, "expected_kind_found": cls.expected in kinds,
         "cases": stats.cases, "seconds_to_first_failure": None if first is None else round(first.detected_after_s, 2),
         "minimized_case": None if smallest is None else smallest.result.params.short(),
         "minimized_elements": None if smallest is None else case_size(smallest.result.params)[0],
@@ -102,7 +119,8 @@ def _table(rows, device) -> Table:
     for col in ("mutant", "verdict", "kind found (expected)", "first failure", "cases", "minimized case", "elements"):
         t.add_column(col)
     for r in rows:
-        verdict = "[green]killed[/]" if r["killed"] else "[red]SURVIVED[/]"
+        verdict = ("[green]killed[/]" if r["killed"] else f"[yellow]skipped[/]: {r['skipped']}" if r["skipped"]
+                   else "[red]SURVIVED[/]")
         kinds = ",".join(r["kinds"]) or "-"
         if r["killed"] and not r["expected_kind_found"]:
             kinds += f" [yellow](expected {r['expected_kind']})[/]"
