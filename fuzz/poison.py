@@ -146,13 +146,14 @@ class _CudaFill:
         self.ranges = []           # (start, end) filled before the last call
 
     def _free_blocks(self):
+        """[(address, size, in the small pool)] of every free block of the pool on this device."""
         dev = torch.cuda.current_device()
         try:
             segs = torch.cuda.memory_snapshot(self.pool.id, include_traces=False)
         except TypeError:          # an older torch: the whole snapshot, filtered by pool
             segs = [s for s in torch.cuda.memory_snapshot() if tuple(s.get("segment_pool_id", ())) == self.pool.id]
-        return [(b["address"], b["size"]) for s in segs if s.get("device", dev) == dev
-                for b in s["blocks"] if b["state"] == "inactive"]
+        return [(b["address"], b["size"], s.get("segment_type") == "small") for s in segs
+                if s.get("device", dev) == dev for b in s["blocks"] if b["state"] == "inactive"]
 
     @contextlib.contextmanager
     def fill(self, word: int, reserve: int):
@@ -160,16 +161,21 @@ class _CudaFill:
             self.ranges = []
             yield
             return
+        blocks = self._free_blocks()
+        grow = max((size for _, size, small in blocks if not small), default=0) < reserve
+        if torch.cuda.mem_get_info()[0] < 2 * reserve:
+            # inside the pool's context the allocator cannot hand the harness's cached memory
+            # back to the driver when the backend runs short: do it now
+            torch.cuda.empty_cache()
         with torch.cuda.use_mem_pool(self.pool):
-            blocks = self._free_blocks()
-            if max((size for _, size in blocks), default=0) < reserve:
-                torch.empty(reserve, dtype=torch.uint8, device="cuda")      # grows the pool; freed at once
-                blocks = self._free_blocks()
-            if not any(size < (1 << 20) for _, size in blocks):              # a small-pool segment too
-                torch.empty(1, dtype=torch.uint8, device="cuda")
+            if grow:               # a free block for twice the outputs (freed at once)
+                torch.empty(reserve, dtype=torch.uint8, device="cuda")
+            if not any(small for *_, small in blocks):
+                torch.empty(1, dtype=torch.uint8, device="cuda")       # a segment of the small pool too
+            if grow or not any(small for *_, small in blocks):
                 blocks = self._free_blocks()
             self.ranges = []
-            for addr, size in blocks:
+            for addr, size, _ in blocks:
                 n = min(size, reserve)
                 torch.as_tensor(_Raw(addr, n), device="cuda").fill_(word & 0xFF)
                 self.ranges.append((addr, addr + n))
