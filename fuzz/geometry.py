@@ -15,6 +15,7 @@ backend's declared capabilities (a backend that declares max_tokens or d_max get
 those values: it is held to its declaration)."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 GRID_Y_LIMIT = 65535             # blocks on a grid's y or z axis
@@ -35,7 +36,8 @@ class GridAxis:
         return GRID_Y_LIMIT * self.tokens_per_block + 1 if self.axis == "y" else None
 
 
-def token_axes() -> list:
+@functools.cache
+def token_axes() -> tuple:
     """Grid axes of the built-in backends' kernels whose block count grows with T, read from
     their launch configuration (impls/triton_mhc.py, impls/tilelang_mhc.py)."""
     axes = []
@@ -50,7 +52,7 @@ def token_axes() -> list:
     axes.append(GridAxis("triton", "_fwd_hin_kernel", "y", 16, "mhc_forward_pre_triton_optimized: bth"))
     # TileLang: K1 is one CTA per token on x; K2's y axis is its token splits (<= 8 per SM), K3's is n
     axes.append(GridAxis("tilelang", "_tok_kernel (K1)", "x", 1, "T.Kernel(Tn, ...)"))
-    return axes
+    return tuple(axes)
 
 
 def _t_boundaries() -> list:
