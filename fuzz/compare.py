@@ -113,10 +113,9 @@ def _would_fail(t, expected, fin_t, fin_e, ambiguous, safe_tol) -> tuple:
         return 0.0, False, False
     zero = torch.where(fin_t & (t != 0), t.abs() / safe_tol, torch.zeros_like(t))
     flip = torch.where(fin_t & fin_e, (expected + t).abs() / safe_tol, torch.zeros_like(t))
-    zero_ratio = float(zero.max())
-    zero_fails = zero_ratio > 1.0 or bool((~fin_e & ~ambiguous).any())
-    flip_fails = float(flip.max()) > 1.0 or bool(torch.isinf(expected).any())
-    return zero_ratio, zero_fails, flip_fails
+    zero_ratio, zero_mismatch, flip_ratio, flip_mismatch = torch.stack([   # one synchronisation
+        zero.max(), (~fin_e & ~ambiguous).any().double(), flip.max(), torch.isinf(expected).any().double()]).tolist()
+    return zero_ratio, zero_ratio > 1.0 or zero_mismatch > 0, flip_ratio > 1.0 or flip_mismatch > 0
 
 
 def contract_verdict(component: str, problem: str) -> Verdict:
