@@ -206,7 +206,8 @@ def unwritten_outputs(c: CaseRun):
     """No output element may still hold the fill its memory had before the call (or be computed
     from memory nobody wrote): confirmed by one rerun on the second fill, made only then."""
     if isinstance(c.backend, poison.PoisonedBackend):
-        rerun = lambda: c.backend.call("backward", _fresh(c.inp, c.before), poison.second_word(c.res.device))  # noqa: E731
+        second = poison.second_word(c.res.device)
+        rerun = lambda: c.backend.call("backward", _fresh(c.inp, c.before), second)  # noqa: E731
         found = poison.inspect(c.outputs, "backward", c.res.device, rerun)
         if found:
             c.fail(*found)

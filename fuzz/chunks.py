@@ -62,7 +62,8 @@ def make_inputs(p, device="cpu") -> Inputs:
     h_mix = torch.empty(T, F, dtype=torch.float32, device=device)
     h_pre = torch.empty(T, n, dtype=torch.float32, device=device)
     h_post = torch.empty(T, n, dtype=torch.float32, device=device)
-    g64, phi64, alpha64, bias64 = (None if gamma is None else gamma.double()), phi.double(), alpha.double(), bias.double()
+    g64 = None if gamma is None else gamma.double()
+    phi64, alpha64, bias64 = phi.double(), alpha.double(), bias.double()
     for t0, t1 in token_ranges(T, K):
         c = t1 - t0
         xc = uniform(p.seed, "x", (c, n, D), device, start=t0 * K) * 10.0 ** p.x_scale

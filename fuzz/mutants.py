@@ -88,7 +88,8 @@ def run(args, console) -> int:
         console.print(f"[red]survived:[/] {', '.join(survived)}")
         return 1
     skipped = sum(bool(r["skipped"]) for r in rows)
-    console.print(f"[green]all {len(rows) - skipped} mutants killed[/]" + (f" ({skipped} skipped here)" if skipped else ""))
+    console.print(f"[green]all {len(rows) - skipped} mutants killed[/]"
+                  + (f" ({skipped} skipped here)" if skipped else ""))
     return 0
 
 

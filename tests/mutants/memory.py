@@ -21,7 +21,8 @@ INT32_LIMIT = 1 << 31
 class LastTileUnwritten(Mutant):
     name = "last_tile_unwritten"
     expected = FailureKind.UNWRITTEN
-    description = "dx written by a grid of (T - 1) // 16 token tiles of 16 instead of cdiv(T, 16): its last tile is never written"
+    description = ("dx written by a grid of (T - 1) // 16 token tiles of 16 instead of cdiv(T, 16): "
+                   "its last tile is never written")
 
     def backward(self, x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma):
         check_inputs(self.capabilities, self.name, x)
