@@ -64,7 +64,7 @@ def _same(v, w):
 
 
 @pytest.mark.parametrize("p, backend", [(CASES[0], golden), (CASES[1], golden), (CASES[2], golden),
-                                        (CASES[0], M.stream0_only), (CASES[2], M.nan_without_eps)],
+                                        (CASES[0], M.stream0_only), (CASES[3], M.nan_without_eps)],
                          ids=lambda x: x.short() if isinstance(x, CaseParams) else x.name)
 def test_chunked_verdicts_are_those_of_one_pass(p, backend, tiny_chunks):
     inp = _one_pass(p)
