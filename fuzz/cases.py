@@ -103,10 +103,11 @@ def _hash32(v: torch.Tensor) -> torch.Tensor:
     return v ^ (v >> 16)
 
 
-def uniform(seed: int, stream: str, shape, device) -> torch.Tensor:
-    """float64 values in [-1, 1), multiples of 2^-23, identical on every device."""
+def uniform(seed: int, stream: str, shape, device, start: int = 0) -> torch.Tensor:
+    """float64 values in [-1, 1), multiples of 2^-23, identical on every device; `start`: the
+    flat index of the first element (a part of a bigger tensor, built piece by piece)."""
     numel = math.prod(shape)
-    idx = torch.arange(numel, dtype=torch.int64, device=device)
+    idx = torch.arange(start, start + numel, dtype=torch.int64, device=device)
     key = _hash32(torch.tensor([(seed * 0x9E3779B1 + _STREAMS[stream] * 0x85EBCA77) & _MASK32],
                                dtype=torch.int64, device=device))
     h = _hash32(_hash32(idx ^ key) + (idx >> 32) + key)
@@ -173,6 +174,9 @@ def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
 def make_inputs(p: CaseParams, device="cpu") -> Inputs:
     """Build a case's tensors on `device` (bit-identical across devices, see module doc)."""
     p = p.validated()
+    from fuzz import chunks
+    if chunks.needed(p):            # too big for float64 copies of x: built token chunk by token chunk
+        return chunks.make_inputs(p, device)
     B, S, n, D, F = p.B, p.S, p.n, p.D, p.F
     dt = TORCH_DTYPE[p.x_dtype]
     f64 = lambda name, shape: uniform(p.seed, name, shape, device)  # noqa: E731

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fuzz import chunks, poison
 from fuzz import compare as cmp
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams, Inputs, make_inputs
@@ -105,6 +106,15 @@ def _judge(outputs, p: CaseParams, device, direction, ref, mags, tols, caps) -> 
     return verdicts, kind
 
 
+def _judge_case(c, outputs, direction) -> tuple[list, str]:
+    """_judge on the case's truth; a case too big for one float64 pass is judged token chunk by
+    token chunk (fuzz/chunks.py)."""
+    if chunks.needed(c.res.params):
+        return chunks.judge(outputs, c.inp, direction, c.tols, c.caps, c.res.device)
+    ref, mags = c.truth()
+    return _judge(outputs, c.res.params, c.res.device, direction, ref, mags, c.tols, c.caps)
+
+
 def _verdict_message(verdicts) -> str:
     bad = [v for v in verdicts if not v.passed]
     return "; ".join(
@@ -149,6 +159,13 @@ class CaseRun:
 # kind: e.g. the inputs are checked for changes before the outputs are judged, because the
 # truth must be computed from the inputs the backend was given.
 
+def poison_memory(c: CaseRun):
+    """From here on, every call of the backend runs on poisoned memory (fuzz/poison.py): what its
+    outputs are allocated from holds NaN before its first call, a second fill before later ones."""
+    if poison.enabled():
+        c.backend = poison.PoisonedBackend(c.backend, c.res.params, c.res.device)
+
+
 def call_backend(c: CaseRun):
     """The call itself: inside the capabilities it must return, outside them it must refuse."""
     c.refusal = c.caps.refusal(**c.res.params.capability_query(c.res.device))
@@ -185,25 +202,48 @@ def inputs_unchanged(c: CaseRun):
         c.fail(FailureKind.INPUT_MUTATED, f"modified its input(s): {', '.join(mutated)}")
 
 
+def unwritten_outputs(c: CaseRun):
+    """No output element may still hold the fill its memory had before the call (or be computed
+    from memory nobody wrote): confirmed by one rerun on the second fill, made only then."""
+    if isinstance(c.backend, poison.PoisonedBackend):
+        second = poison.second_word(c.res.device)
+        rerun = lambda: c.backend.call("backward", _fresh(c.inp, c.before), second)  # noqa: E731
+        found = poison.inspect(c.outputs, "backward", c.res.device, rerun)
+        if found:
+            c.fail(*found)
+
+
 def backward_values(c: CaseRun):
-    ref, mags = c.truth()
-    p = c.res.params
-    verdicts, kind = _judge(c.outputs, p, c.res.device, "backward", ref, mags, c.tols, c.caps)
+    verdicts, kind = _judge_case(c, c.outputs, "backward")
     c.res.verdicts = verdicts
     if kind:
         c.fail(kind, _verdict_message(verdicts))
 
 
+def forward_unwritten(c: CaseRun):
+    """The same for the forward's outputs, on a forward call of its own (forward_values then
+    calls it again, on the second fill)."""
+    if not (isinstance(c.backend, poison.PoisonedBackend) and c.check_forward and c.caps.has_forward):
+        return
+    try:
+        fwd = c.backend.forward(*c.inp.forward_args())
+    except Exception:
+        return                      # forward_values reports it
+    rerun = lambda: c.backend.call("forward", c.inp.forward_args(), poison.second_word(c.res.device))  # noqa: E731
+    found = poison.inspect(fwd, "forward", c.res.device, rerun)
+    if found:
+        c.fail(*found)
+
+
 def forward_values(c: CaseRun):
     if not (c.check_forward and c.caps.has_forward):
         return
-    ref, mags = c.truth()
     try:
         fwd = c.backend.forward(*c.inp.forward_args())
     except Exception as exc:
         c.fail(FailureKind.EXCEPTION, f"forward raised {type(exc).__name__}: {exc}")
         return
-    verdicts, kind = _judge(fwd, c.res.params, c.res.device, "forward", ref, mags, c.tols, c.caps)
+    verdicts, kind = _judge_case(c, fwd, "forward")
     c.res.verdicts += verdicts
     if kind:
         c.fail(kind, _verdict_message(verdicts))
@@ -223,7 +263,8 @@ def determinism(c: CaseRun):
                f"declared deterministic, but two runs differ bitwise in {', '.join(diff)}")
 
 
-CHECKS = (call_backend, guard_regions, inputs_unchanged, backward_values, forward_values, determinism)
+CHECKS = (poison_memory, call_backend, guard_regions, inputs_unchanged, unwritten_outputs, backward_values,
+          forward_unwritten, forward_values, determinism)
 
 
 def run_case(backend, params: CaseParams, device: str = "cpu", tolerances=None,

@@ -112,22 +112,42 @@ def _print_result(console, path, res):
     console.print(f"{tag} {res.message}")
 
 
+SANITIZERS = ("memcheck", "initcheck", "racecheck", "synccheck")
+
+
 def _replay_sanitized(args, console) -> int:
+    """Replay under compute-sanitizer, one tool after the other (`all`: every tool, after a
+    plain replay that times the baseline). Exit 1 when a tool reports errors; a case that still
+    fails its values is shown in its table but is not the sanitizer's finding. The replay runs
+    without torch's caching allocator (every allocation its own cudaMalloc, so that memcheck
+    sees overruns and initcheck sees unwritten memory) and without the memory fill, which
+    would count as initialisation."""
     tool = shutil.which("compute-sanitizer")
     if not tool:
         raise HarnessError("--sanitize: compute-sanitizer is not on PATH (it ships with the CUDA toolkit)")
-    cmd = [tool, "--tool", "memcheck", "--error-exitcode", "3", sys.executable, "-m", "fuzz.cli", "replay",
-           *args.reports, "--device", args.device or "cuda"]
+    replay = [sys.executable, "-m", "fuzz.cli", "replay", *args.reports, "--device", args.device or "cuda"]
     for p in args.plugin:
-        cmd += ["--plugin", p]
+        replay += ["--plugin", p]
     if args.backend:
-        cmd += ["--backend", args.backend]
-    console.print("running: " + " ".join(cmd))
-    rc = subprocess.call(cmd)
-    if rc == 3:
-        console.print("[red]compute-sanitizer reported memory errors[/]")
-        return EXIT_FOUND
-    return rc
+        replay += ["--backend", args.backend]
+    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1", MHC_FUZZ_POISON="off")
+    runs = [("no sanitizer", replay)] if args.sanitize == "all" else []
+    runs += [(t, [tool, "--tool", t, "--error-exitcode", "3", *replay])
+             for t in (SANITIZERS if args.sanitize == "all" else (args.sanitize,))]
+    worst, times = EXIT_OK, []
+    for name, cmd in runs:
+        console.print("running: " + " ".join(cmd))
+        t0 = time.monotonic()
+        rc = subprocess.call(cmd, env=env)
+        times.append(f"{name} {time.monotonic() - t0:.1f} s")
+        if rc == 3:
+            console.print(f"[red]compute-sanitizer {name} reported errors[/]")
+            worst = EXIT_FOUND
+        elif rc not in (EXIT_OK, EXIT_FOUND):
+            console.print(f"[red]{name}: the replay exited with {rc}[/]")
+            worst = worst if worst == EXIT_FOUND else rc
+    console.print("wall time: " + ", ".join(times))
+    return worst
 
 
 # ------------------------------------------------------------------ main
@@ -175,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", choices=("cuda", "cpu"))
     rp.add_argument("--isolate", action="store_true", help="run in a worker process (survives crashes)")
     rp.add_argument("--case-timeout", type=float, default=300.0)
-    rp.add_argument("--sanitize", action="store_true", help="rerun under compute-sanitizer memcheck")
+    rp.add_argument("--sanitize", nargs="?", const="memcheck", choices=SANITIZERS + ("all",), metavar="TOOL",
+                    help="rerun under compute-sanitizer: memcheck (default), initcheck, racecheck, synccheck or all")
 
     from fuzz import mutants, onboard
     mutants.add_parser(sub, common)

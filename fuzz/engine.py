@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings, tar
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from fuzz import stop
+from fuzz import discrimination, stop
 from fuzz.cases import CaseParams
 from fuzz.check import CaseResult
 from fuzz.executor import WorkerStartError
@@ -83,6 +83,7 @@ class BackendStats:
     interrupted: bool = False                         # stopped by Ctrl-C / SIGTERM: partial numbers
     write_errors: list = field(default_factory=list)   # reports that could not be written
     workers: int = 1
+    discrimination: dict = field(default_factory=dict)  # component -> [cases judged, cases that could tell]
 
     def record(self, res: CaseResult):
         if res.status == "not-run":
@@ -126,6 +127,8 @@ class BackendStats:
             "write_errors": self.write_errors,
         }
         if samples:
+            d["discrimination_counts"] = self.discrimination
+        if samples:
             d["ratios"] = self.ratios
         return d
 
@@ -136,7 +139,8 @@ class BackendStats:
                 dict(d["worst_ratio"]), dict(d["worst_case"]), dict(d.get("ratios") or {}),
                 backend_stats=dict(d.get("backend_stats") or {}), worker_restarts=d.get("worker_restarts", 0),
                 interrupted=d.get("interrupted", False), write_errors=list(d.get("write_errors") or []),
-                workers=d.get("workers", 1))
+                workers=d.get("workers", 1),
+                discrimination={c: list(v) for c, v in (d.get("discrimination_counts") or {}).items()})
         for f in d["findings"]:
             s.findings[f["signature"]] = Finding.from_dict(f)
         return s
@@ -153,6 +157,10 @@ class BackendStats:
         for c, r in other.worst.items():
             if r >= self.worst.get(c, 0.0):
                 self.worst[c], self.worst_case[c] = r, other.worst_case.get(c)
+        for c, (cases, good) in other.discrimination.items():
+            mine = self.discrimination.setdefault(c, [0, 0])
+            mine[0] += cases
+            mine[1] += good
         for c, rs in other.ratios.items():
             self.ratios[c] = (self.ratios.get(c, []) + rs)[:MAX_SAMPLES]
         for sig, f in other.findings.items():
@@ -259,6 +267,7 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         for v in res.verdicts:
             if math.isfinite(v.worst_ratio):
                 target(min(v.worst_ratio, 1e12), label=v.component)
+        target(discrimination.observe(stats, res), label="discrimination")   # tallied for the summary
         if res.failed:
             record_failure(res)
             if res.signature() not in settled:

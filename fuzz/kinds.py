@@ -17,6 +17,8 @@ class FailureKind(StrEnum):
     INPUT_MUTATED = "input-mutated"                 # changed one of its inputs
     OUT_OF_BOUNDS = "out-of-bounds"                 # wrote outside its buffers (guard regions changed)
     NONDETERMINISTIC = "nondeterministic"           # declared deterministic, two runs differ bitwise
+    UNWRITTEN = "unwritten"                         # output elements never written: they hold the poison fill
+    UNINITIALIZED = "uninitialized-read"            # outputs computed from memory nobody wrote (change with the fill)
     CRASH = "crash"                                 # killed its process (segfault, CUDA context lost)
     TIMEOUT = "timeout"                             # did not return within the per-case limit
 

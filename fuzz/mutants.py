@@ -2,7 +2,10 @@
 
 A mutant is killed when the fuzzer reports any failure for it; the table also shows the
 failure kind (the containment mutants must get their own kind), the time to the first
-failure and the size of the minimized case."""
+failure and the size of the minimized case. A mutant that cannot run here (its
+unavailable_reason(), e.g. a bug that only shows on the GPU's large tier) is skipped with
+its reason, not counted as survived. A mutant class may name the profile it is fuzzed with
+(`profile = "large"`)."""
 from __future__ import annotations
 
 import importlib
@@ -75,7 +78,8 @@ def run(args, console) -> int:
                 rows.append(_skipped_row(cls, device, why))
                 continue
             console.print(f"fuzzing mutant {cls.name} ...")
-            plan = RunPlan(device, budget, profile, reg, [cls.name], tuple(targets) + tuple(args.plugin),
+            prof = load_profile(cls.profile) if getattr(cls, "profile", None) else profile   # e.g. large
+            plan = RunPlan(device, budget, prof, reg, [cls.name], tuple(targets) + tuple(args.plugin),
                            seed=args.seed, reports_dir=reports, tolerances=args.tolerances,
                            case_timeout_s=args.case_timeout, started=time.monotonic())
             expected = frozenset(getattr(cls, "expected_signatures", ()))

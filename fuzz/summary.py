@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from fuzz import discrimination
 from fuzz.engine import COMPONENTS
 
 
@@ -15,6 +16,12 @@ def _fmt_ratio(r):
     if r is None:
         return "-"
     return "inf" if not math.isfinite(r) or r >= 1e29 else f"{r:.3g}"
+
+
+def _fmt_share(d):
+    if not d or not d["cases"]:
+        return "-"
+    return f"{100 * d['share']:.0f}%" + (" **flagged**" if not d["discriminating"] else "")
 
 
 def table(all_stats, interrupted: bool = False) -> Table:
@@ -31,14 +38,23 @@ def table(all_stats, interrupted: bool = False) -> Table:
                           for f in s.findings.values())
         if "compiles" in s.backend_stats:
             finds = (finds or "none") + f"; {s.backend_stats['compiles']} compiles"
+        blind = discrimination.never(s)
+        if blind:
+            finds = (finds or "none") + f"; [yellow]no case could tell: {', '.join(blind)}[/]"
         t.add_row(s.name, s.device, str(s.cases), str(s.passed), str(s.failed), str(s.refused),
                   f"{s.cases_per_second():.2f}", worst or "-", finds or "none")
     return t
 
 
 def summary_dict(all_stats, meta: dict) -> dict:
+    backends = []
+    for s in all_stats:
+        d = s.to_dict()
+        d["discrimination"] = discrimination.shares(s)          # per component: cases that could tell
+        d["never_discriminated"] = discrimination.never(s)
+        backends.append(d)
     return {**meta, "interrupted": bool(meta.get("interrupted")), "failed": any(s.findings for s in all_stats),
-            "backends": [s.to_dict() for s in all_stats]}
+            "backends": backends}
 
 
 def write_json(path: Path, doc: dict):
@@ -97,6 +113,13 @@ def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
               "| backend | " + " | ".join(COMPONENTS) + " |", "|---" * (len(COMPONENTS) + 1) + "|"]
     for s in all_stats:
         lines.append(f"| {s.name} | " + " | ".join(_fmt_ratio(s.worst.get(c)) for c in COMPONENTS) + " |")
+    lines += ["", "## Cases that could tell, per component", "",
+              "Share of cases in which an all-zero output and the sign-flipped truth would both have "
+              "failed. A component no case could tell is **flagged**: the run did not test it.", "",
+              "| backend | " + " | ".join(COMPONENTS) + " |", "|---" * (len(COMPONENTS) + 1) + "|"]
+    for s in all_stats:
+        sh = discrimination.shares(s)
+        lines.append(f"| {s.name} | " + " | ".join(_fmt_share(sh.get(c)) for c in COMPONENTS) + " |")
     stats_lines = [f"- {s.name}: " + format_stats(s.backend_stats) for s in all_stats if s.backend_stats]
     stats_lines += [f"- {name}: warm-up before the budget, " + format_stats(st)
                     for name, st in (meta.get("warm_up") or {}).items()]

@@ -391,7 +391,9 @@ CORRECTNESS = [Stream0Only, DbiasResTwice, DgammaNoInvRmsRes, DTailUnmasked, Las
                LowPrecisionSumSq, WrongSign, RacyDoubleCount, UndeclaredTF32, TwoBugs]
 CONTAINMENT = [Segfaults, Hangs, WritesOutOfBounds, MutatesInput, Nondeterministic, Raises, WrongDtype,
                NanWithoutEps, AcceptsUnsupported]
-ALL = CORRECTNESS + CONTAINMENT
+from tests.mutants.memory import MEMORY  # noqa: E402  (memory.py builds on Mutant above)
+
+ALL = CORRECTNESS + CONTAINMENT + MEMORY
 
 for _cls in ALL:
     globals()[_cls.name] = _cls()
