@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from fuzz.errors import EXIT_FOUND, EXIT_OK, EXIT_USAGE, HarnessError  # noqa: F401  (re-exported)

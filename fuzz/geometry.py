@@ -44,12 +44,12 @@ def token_axes() -> tuple:
     from impls import triton_mhc as tm
     T, n, D = 1 << 20, 4, 4096
     for x16, label in ((True, "16-bit x"), (False, "fp32 x")):
-        bt2 = tm._bwd_config(T, n, D, tm._dx_dot_precision(x16))["bt2"]
+        bt2 = tm._bwd_config(n, tm._dx_dot_precision(x16), T, D)["bt2"]
         axes.append(GridAxis("triton", f"_bwd_dx_kernel ({label})", "y", bt2, "_bwd_config()['bt2']"))
-    axes.append(GridAxis("triton", "_fwd_mix_kernel", "x", tm._fwd_config(T, n, D)["bt"], "_fwd_config()['bt']"))
-    # inline in mhc_forward_pre_triton_optimized (no constant to read): btt = min(64, ...), bth = min(16, ...)
-    axes.append(GridAxis("triton", "_fwd_token_kernel", "x", 64, "mhc_forward_pre_triton_optimized: btt"))
-    axes.append(GridAxis("triton", "_fwd_hin_kernel", "y", 16, "mhc_forward_pre_triton_optimized: bth"))
+    fwd = tm._fwd_config(T, D)
+    axes.append(GridAxis("triton", "_fwd_mix_kernel", "x", fwd["bt"], "_fwd_config()['bt']"))
+    axes.append(GridAxis("triton", "_fwd_token_kernel", "x", fwd["btt"], "_fwd_config()['btt']"))
+    axes.append(GridAxis("triton", "_fwd_hin_kernel", "y", fwd["bth"], "_fwd_config()['bth']"))
     # TileLang: K1 is one CTA per token on x; K2's y axis is its token splits (<= 8 per SM), K3's is n
     axes.append(GridAxis("tilelang", "_tok_kernel (K1)", "x", 1, "T.Kernel(Tn, ...)"))
     return tuple(axes)

@@ -50,7 +50,7 @@ def test_declared_limits_are_held_to():
 def test_geometry_is_read_from_the_triton_launch_configuration():
     from impls import triton_mhc as tm
     dx = [a for a in token_axes() if a.kernel.startswith("_bwd_dx_kernel")]
-    assert {a.tokens_per_block for a in dx} == {tm._bwd_config(1 << 20, 4, 4096, p)["bt2"] for p in ("tf32", "tf32x3")}
+    assert {a.tokens_per_block for a in dx} == {tm._bwd_config(4, p, 1 << 20, 4096)["bt2"] for p in ("tf32", "tf32x3")}
 
 
 def test_the_large_profile_draws_only_large_tier_shapes():
