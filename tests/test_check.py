@@ -220,12 +220,14 @@ def test_why_a_backend_cannot_run():
 
 def test_results_round_trip_through_json():
     res = run_case(M.stream0_only, CaseParams(1, 1, 2, 3, seed=1), "cpu")
+    res.backend_stats = {"compiles": 2}
     d = json.loads(json.dumps(res.to_dict()))
     assert d["seconds"] == round(res.seconds, 4) and d["params"] == res.params.to_dict()
     back = CaseResult.from_dict(d)
     assert (back.backend, back.params, back.device, back.status, back.kind, back.message) == \
         (res.backend, res.params, res.device, res.status, res.kind, res.message)
     assert back.verdicts == [Verdict.from_dict(v.to_dict()) for v in res.verdicts] and back.seconds == d["seconds"]
+    assert back.backend_stats == {"compiles": 2}
     minimal = CaseResult.from_dict({"backend": "b", "params": P.to_dict(), "device": "cpu", "status": "pass"})
     assert (minimal.kind, minimal.verdicts, minimal.message, minimal.seconds, minimal.backend_stats) == \
         ("", [], "", 0.0, {})
