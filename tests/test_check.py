@@ -246,3 +246,14 @@ def test_worst_ratio_and_failing_components_of_a_result():
 def test_each_x_dtype_is_judged_in_its_own_storage(dtype):
     res = run_case(GoldenBackend(), CaseParams(1, 2, 2, 8, dtype, seed=3), "cpu")
     assert res.status == "pass", res.message
+
+
+def test_without_gamma_both_runs_get_gamma_none():
+    seen = []
+
+    def record(out, args, calls):
+        seen.append(args[-1])
+        return out
+    res = run_case(Wrapping(record), CaseParams(1, 2, 2, 8, seed=3, use_gamma=False), "cpu")
+    assert res.status == "pass", res.message
+    assert seen == [None, None]
