@@ -2,6 +2,7 @@
 misbehaviour reported as its own failure kind, in process (the planted bugs of tests/mutants
 and a few backends written here)."""
 import json
+import time
 
 import pytest
 import torch
@@ -39,11 +40,29 @@ class Wrapping(GoldenBackend):
 
 
 def test_golden_passes_with_one_verdict_per_output():
-    res = run_case(GoldenBackend(), P, "cpu")
+    t0 = time.perf_counter()
+    res = run_case(GoldenBackend(), P)                          # on the CPU by default
+    elapsed = time.perf_counter() - t0
     assert (res.status, res.kind, res.message, res.backend, res.device) == ("pass", "", "", "golden", "cpu")
     assert [v.component for v in res.verdicts] == list(BACKWARD + FORWARD)
     assert all(v.passed and v.worst_ratio < 1 for v in res.verdicts) and not res.failed
-    assert res.failing_components() == [] and 0 < res.worst_ratio() < 1 and res.seconds > 0
+    assert res.failing_components() == [] and 0 < res.worst_ratio() < 1
+    assert 0 < res.seconds <= elapsed                          # the time of the call itself
+
+
+def test_cases_are_judged_by_the_tolerances_given(tmp_path):
+    """Zero bounds everywhere (no rounding allowed): golden's fp32 arithmetic fails them."""
+    import yaml
+    from fuzz import tolerances
+    doc = yaml.safe_load(tolerances.DEFAULT_PATH.read_text())
+    doc["lambda"], doc["underflow"] = 0.0, 0.0
+    for entry in doc["components"].values():
+        entry.update(roundings=0, gemm_operands=0)
+        entry["per_dtype"] = {dt: {"output_ulps": 0} for dt in entry["per_dtype"]}
+    path = tmp_path / "exact.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    res = run_case(GoldenBackend(), P, "cpu", tolerances=tolerances.load(path))
+    assert res.kind == "tolerance" and "dx" in res.failing_components()
     assert [v.component for v in run_case(GoldenBackend(), P, "cpu", check_forward=False).verdicts] == list(BACKWARD)
 
 
@@ -94,6 +113,14 @@ def test_declared_limits_refusal_and_acceptance():
     assert (res.status, res.kind) == ("fail", "accepted-unsupported")
     assert res.message == "computed an input outside its capabilities (n=2 not in (4,)) instead of refusing it"
     assert run_case(M.accepts_unsupported, CaseParams(1, 2, 4, 8), "cpu").status == "pass"
+
+    class FewTokens(GoldenBackend):
+        name = "few_tokens"
+        capabilities = Capabilities(max_tokens=2, d_multiple=4)
+    assert run_case(FewTokens(), CaseParams(1, 3, 2, 8), "cpu").message.startswith("refused as declared (T=3 > 2)")
+    assert run_case(FewTokens(), CaseParams(1, 2, 2, 6), "cpu").message.startswith(
+        "refused as declared (D=6 is not a multiple of 4)")
+    assert run_case(FewTokens(), CaseParams(2, 1, 2, 8), "cpu").status == "pass"
 
 
 def test_writes_outside_the_inputs_and_into_them():
