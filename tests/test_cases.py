@@ -178,3 +178,15 @@ def test_uniform_depends_on_seed_stream_and_index_only():
     assert torch.equal(a.reshape(-1)[:7], uniform(3, "x", (7,), "cpu"))       # element i is element i
     assert not torch.equal(a, uniform(3, "phi", (4, 5), "cpu")) and not torch.equal(a, uniform(4, "x", (4, 5), "cpu"))
     assert len(set(a.reshape(-1).tolist())) == 20
+
+
+def test_zero_tokens_can_fall_on_any_token_even_the_only_one():
+    only = make_inputs(CaseParams(1, 1, 2, 4, seed=3, zero_tokens=1))
+    assert not only.x.any() and not only.dh_in.any()
+    zeroed = set()
+    for seed in range(12):
+        inp = make_inputs(CaseParams(1, 3, 2, 4, seed=seed, zero_tokens=1))
+        rows = (inp.x.reshape(3, -1) == 0).all(-1)
+        assert int(rows.sum()) == 1
+        zeroed.add(int(rows.nonzero()[0]))
+    assert zeroed == {0, 1, 2}

@@ -2,6 +2,7 @@
 misbehaviour reported as its own failure kind, in process (the planted bugs of tests/mutants
 and a few backends written here)."""
 import json
+import time
 
 import pytest
 import torch
@@ -39,11 +40,29 @@ class Wrapping(GoldenBackend):
 
 
 def test_golden_passes_with_one_verdict_per_output():
-    res = run_case(GoldenBackend(), P, "cpu")
+    t0 = time.perf_counter()
+    res = run_case(GoldenBackend(), P)                          # on the CPU by default
+    elapsed = time.perf_counter() - t0
     assert (res.status, res.kind, res.message, res.backend, res.device) == ("pass", "", "", "golden", "cpu")
     assert [v.component for v in res.verdicts] == list(BACKWARD + FORWARD)
     assert all(v.passed and v.worst_ratio < 1 for v in res.verdicts) and not res.failed
-    assert res.failing_components() == [] and 0 < res.worst_ratio() < 1 and res.seconds > 0
+    assert res.failing_components() == [] and 0 < res.worst_ratio() < 1
+    assert 0 < res.seconds <= elapsed                          # the time of the call itself
+
+
+def test_cases_are_judged_by_the_tolerances_given(tmp_path):
+    """Zero bounds everywhere (no rounding allowed): golden's fp32 arithmetic fails them."""
+    import yaml
+    from fuzz import tolerances
+    doc = yaml.safe_load(tolerances.DEFAULT_PATH.read_text())
+    doc["lambda"], doc["underflow"] = 0.0, 0.0
+    for entry in doc["components"].values():
+        entry.update(roundings=0, gemm_operands=0)
+        entry["per_dtype"] = {dt: {"output_ulps": 0} for dt in entry["per_dtype"]}
+    path = tmp_path / "exact.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    res = run_case(GoldenBackend(), P, "cpu", tolerances=tolerances.load(path))
+    assert res.kind == "tolerance" and "dx" in res.failing_components()
     assert [v.component for v in run_case(GoldenBackend(), P, "cpu", check_forward=False).verdicts] == list(BACKWARD)
 
 
@@ -94,6 +113,14 @@ def test_declared_limits_refusal_and_acceptance():
     assert (res.status, res.kind) == ("fail", "accepted-unsupported")
     assert res.message == "computed an input outside its capabilities (n=2 not in (4,)) instead of refusing it"
     assert run_case(M.accepts_unsupported, CaseParams(1, 2, 4, 8), "cpu").status == "pass"
+
+    class FewTokens(GoldenBackend):
+        name = "few_tokens"
+        capabilities = Capabilities(max_tokens=2, d_multiple=4)
+    assert run_case(FewTokens(), CaseParams(1, 3, 2, 8), "cpu").message.startswith("refused as declared (T=3 > 2)")
+    assert run_case(FewTokens(), CaseParams(1, 2, 2, 6), "cpu").message.startswith(
+        "refused as declared (D=6 is not a multiple of 4)")
+    assert run_case(FewTokens(), CaseParams(2, 1, 2, 8), "cpu").status == "pass"
 
 
 def test_writes_outside_the_inputs_and_into_them():
@@ -220,12 +247,14 @@ def test_why_a_backend_cannot_run():
 
 def test_results_round_trip_through_json():
     res = run_case(M.stream0_only, CaseParams(1, 1, 2, 3, seed=1), "cpu")
+    res.backend_stats = {"compiles": 2}
     d = json.loads(json.dumps(res.to_dict()))
     assert d["seconds"] == round(res.seconds, 4) and d["params"] == res.params.to_dict()
     back = CaseResult.from_dict(d)
     assert (back.backend, back.params, back.device, back.status, back.kind, back.message) == \
         (res.backend, res.params, res.device, res.status, res.kind, res.message)
     assert back.verdicts == [Verdict.from_dict(v.to_dict()) for v in res.verdicts] and back.seconds == d["seconds"]
+    assert back.backend_stats == {"compiles": 2}
     minimal = CaseResult.from_dict({"backend": "b", "params": P.to_dict(), "device": "cpu", "status": "pass"})
     assert (minimal.kind, minimal.verdicts, minimal.message, minimal.seconds, minimal.backend_stats) == \
         ("", [], "", 0.0, {})
@@ -244,3 +273,14 @@ def test_worst_ratio_and_failing_components_of_a_result():
 def test_each_x_dtype_is_judged_in_its_own_storage(dtype):
     res = run_case(GoldenBackend(), CaseParams(1, 2, 2, 8, dtype, seed=3), "cpu")
     assert res.status == "pass", res.message
+
+
+def test_without_gamma_both_runs_get_gamma_none():
+    seen = []
+
+    def record(out, args, calls):
+        seen.append(args[-1])
+        return out
+    res = run_case(Wrapping(record), CaseParams(1, 2, 2, 8, seed=3, use_gamma=False), "cpu")
+    assert res.status == "pass", res.message
+    assert seen == [None, None]

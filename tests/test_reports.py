@@ -318,3 +318,45 @@ def test_reports_are_listed_sorted_one_folder_deep(tmp_path):
     files = iter_reports(tmp_path)
     assert files == sorted(files) and [f.parent.name for f in files] == ["a", "a", "b"]
     assert iter_reports(str(tmp_path)) == files and iter_reports(tmp_path / "absent") == []
+
+
+def test_report_files_are_readable_stable_text(tmp_path):
+    """Reports are reviewed and diffed: 2-space indent, fields in the order of build_report, one
+    trailing newline; written into a reports folder that need not exist yet."""
+    p, _ = write_report(build_report(_result(8), env={}), tmp_path / "new" / "reports")
+    text = p.read_text()
+    assert text.startswith('{\n  "schema": 1,\n  "id": "') and text.endswith("\n}\n")
+    assert list(json.loads(text)) == list(build_report(_result(8), env={}))
+
+
+def test_the_sweep_counts_every_stale_file(tmp_path):
+    folder = tmp_path / "bk"
+    folder.mkdir()
+    for name in (".a.json.1.tmp", ".a.json.2.tmp", ".b.json.3.tmp", "keep.json", ".hidden"):
+        (folder / name).write_text("")
+    assert sweep_reports_dir(tmp_path) == 3
+    assert sorted(p.name for p in folder.iterdir()) == [".hidden", "keep.json"]
+
+
+def test_environment_records_the_checkout_whatever_the_working_directory(tmp_path, monkeypatch):
+    import subprocess
+
+    from conftest import ROOT
+    from fuzz.reports import environment
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    monkeypatch.chdir(tmp_path)                                  # not a git checkout
+    assert environment("cpu")["git_commit"] == (head or None)
+
+
+def test_environment_names_the_gpu_of_cuda_runs_only(monkeypatch):
+    import sys
+
+    import torch
+    from fuzz.reports import environment
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU 80GB")
+    monkeypatch.setitem(sys.modules, "tilelang", None)            # not installed: recorded as None
+    env = environment("cuda")
+    assert env["gpu"] == "Test GPU 80GB" and env["cuda"] == torch.version.cuda and "cuda" in env
+    assert env["tilelang"] is None
+    assert not {"gpu", "cuda"} & set(environment("cpu"))
