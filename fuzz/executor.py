@@ -3,7 +3,11 @@
 A backend under test can segfault, lose its CUDA context (illegal address, device
 assert) or hang. SubprocessExecutor runs each case in a long-lived worker process; a
 worker that dies or overruns the per-case timeout is replaced, and the case is returned
-as a CRASH or TIMEOUT failure, so the run goes on."""
+as a CRASH or TIMEOUT failure, so the run goes on.
+
+run(name, params, tensors=PATH) runs the tensors stored in a file (given tensors, a reduced
+report; `params` describes them) instead of generating the case, judged against the truth
+of their saved activations (fuzz/given.py)."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -13,7 +17,7 @@ import time
 
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams
-from fuzz.check import CaseResult, run_case
+from fuzz.check import CaseResult, run_case, run_inputs
 from fuzz.kinds import FailureKind
 from impls.registry import default_registry
 
@@ -22,6 +26,22 @@ STARTUP_TIMEOUT_S = 300.0
 
 class WorkerStartError(RuntimeError):
     """The worker process could not start: a harness problem, not a finding about a backend."""
+
+
+class CaseLoadError(RuntimeError):
+    """A case's tensors file could not be loaded (it changed or vanished since it was checked)."""
+
+
+def _run_one(backend, params: CaseParams, device, tolerances, tensors=None, **options) -> CaseResult:
+    if tensors is None:
+        return run_case(backend, params, device, tolerances, **options)
+    from fuzz.given import GivenTensorsError, inputs_from_file
+    from fuzz.truth import truth_from_saved
+    try:
+        inp = inputs_from_file(tensors, device, params)
+    except (GivenTensorsError, OSError) as exc:
+        raise CaseLoadError(str(exc)) from None
+    return run_inputs(backend, inp, device, tolerances, truth_of=truth_from_saved, **options)
 
 
 class InProcessExecutor:
@@ -35,7 +55,7 @@ class InProcessExecutor:
         pass
 
     def run(self, backend_name: str, params: CaseParams, **options) -> CaseResult:
-        return run_case(self.registry.get(backend_name), params, self.device, self.tolerances, **options)
+        return _run_one(self.registry.get(backend_name), params, self.device, self.tolerances, **options)
 
     def close(self):
         pass
@@ -52,7 +72,11 @@ def _worker_main(conn, plugins, device, tolerances_path, env):
         if msg is None:
             return
         name, params, options = msg
-        result = run_case(registry.get(name), CaseParams.from_dict(params), device, tolerances, **options)
+        try:
+            result = _run_one(registry.get(name), CaseParams.from_dict(params), device, tolerances, **options)
+        except CaseLoadError as exc:
+            conn.send(("load-error", str(exc)))
+            continue
         conn.send(("result", result.to_dict()))
 
 
@@ -117,7 +141,9 @@ class SubprocessExecutor:
         try:
             self._conn.send((backend_name, params.to_dict(), options))
             if self._conn.poll(self.case_timeout_s):
-                _, payload = self._conn.recv()
+                what, payload = self._conn.recv()
+                if what == "load-error":
+                    raise CaseLoadError(payload)
                 return CaseResult.from_dict(payload)
             kind, why = FailureKind.TIMEOUT, f"no result within the per-case timeout of {self.case_timeout_s:g} s"
         except (EOFError, BrokenPipeError, ConnectionResetError):

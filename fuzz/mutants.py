@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from rich.table import Table
+from fuzz.tables import FitTable
 
 
 def add_parser(sub, common):
@@ -65,7 +65,8 @@ def run(args, console) -> int:
             console.print(f"fuzzing mutant {cls.name} ...")
             opts = engine.FuzzOptions(device=device, chunk_examples=profile.chunk_examples,
                                       limits=profile.limits(device), seed=args.seed, database=None,
-                                      reports_dir=reports, plugins=tuple(targets), stop_on_first_failure=True)
+                                      reports_dir=reports, plugins=(f"{args.module}:{cls.name}",),   # its own only
+                                      stop_on_first_failure=True)
             stats = engine.fuzz_backend(cls.name, reg.get(cls.name).capabilities, executor, budget, opts)
             rows.append(_row(cls, stats))
     finally:
@@ -97,10 +98,9 @@ def _row(cls, stats) -> dict:
     }
 
 
-def _table(rows, device) -> Table:
-    t = Table(title=f"mutant kill table ({device})")
-    for col in ("mutant", "verdict", "kind found (expected)", "first failure", "cases", "minimized case", "elements"):
-        t.add_column(col)
+def _table(rows, device) -> FitTable:
+    t = FitTable(f"mutant kill table ({device})", ("mutant", "verdict", "kind found (expected)", "first failure",
+                                                   "cases", "minimized case", "elements"), keep=2)
     for r in rows:
         verdict = "[green]killed[/]" if r["killed"] else "[red]SURVIVED[/]"
         kinds = ",".join(r["kinds"]) or "-"

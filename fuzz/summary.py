@@ -6,9 +6,8 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from rich.table import Table
-
 from fuzz.engine import COMPONENTS
+from fuzz.tables import FitTable
 
 
 def _fmt_ratio(r):
@@ -17,10 +16,11 @@ def _fmt_ratio(r):
     return "inf" if not math.isfinite(r) or r >= 1e29 else f"{r:.3g}"
 
 
-def table(all_stats) -> Table:
-    t = Table(title="mhc-fuzz summary", show_lines=False)
-    for col in ("backend", "device", "cases", "passed", "failed", "refused", "cases/s", "worst ratio", "findings"):
-        t.add_column(col, justify="right" if col not in ("backend", "device", "worst ratio", "findings") else "left")
+def table(all_stats) -> FitTable:
+    """The run's summary: a table in a terminal, a narrow layout in an 80-column CI log."""
+    t = FitTable("mhc-fuzz summary", ("backend", "device", "cases", "passed", "failed", "refused", "cases/s",
+                                      "worst ratio", "findings"),
+                 keep=2, right=("cases", "passed", "failed", "refused", "cases/s"))
     for s in all_stats:
         if s.skipped:
             t.add_row(s.name, s.device, "-", "-", "-", "-", "-", f"skipped: {s.skipped}", "")
