@@ -46,42 +46,46 @@ def run(args, console) -> int:
     from fuzz.sizes import too_big
 
     worst = EXIT_OK
-    for path in args.reports:
-        try:
-            rep = load_report(path)
-        except ReportError as exc:
-            raise HarnessError(str(exc)) from None
-        device = args.device or rep["device"]
-        if device == "cuda" and not _cuda():
-            raise HarnessError(f"{path}: the report ran on cuda and no CUDA device is visible (use --device cpu)")
-        _prepare_cpu_env(device)
-        reg = _registry(args.plugin, console)          # never what the report names
-        name = args.backend or rep["backend"]
-        if name not in reg.backends:
-            raise HarnessError(missing_backend(path, rep, name, reg.names()))
-        why = backend_can_run(reg.get(name), device)
-        if why:
-            raise HarnessError(f"{path}: backend {name} cannot run on {device}: {why}")
-        params = CaseParams.from_dict(rep["params"])
-        why = too_big(params, device)
-        if why:
-            raise HarnessError(f"{path}: {why}")
-        timeout = args.case_timeout or rep.get("case_timeout_s") or DEFAULT_CASE_TIMEOUT_S
-        tensors = tensors_path(path, rep)
-        if args.in_process:
-            ex = InProcessExecutor(reg, device, args.tolerances)
-        else:
-            ex = SubprocessExecutor(args.plugin, device, args.tolerances, timeout)
-        try:
-            res = ex.run(name, params, tensors=None if tensors is None else str(tensors))
-        except (WorkerStartError, CaseLoadError, ValueError) as exc:
-            raise HarnessError(f"{path}: {exc}") from None
-        finally:
+    executors = {}          # one worker per device for all the reports, replaced when it dies
+    reg = None
+    try:
+        for path in args.reports:
+            try:
+                rep = load_report(path)
+            except ReportError as exc:
+                raise HarnessError(str(exc)) from None
+            device = args.device or rep["device"]
+            if device == "cuda" and not _cuda():
+                raise HarnessError(f"{path}: the report ran on cuda and no CUDA device is visible (use --device cpu)")
+            _prepare_cpu_env(device)
+            reg = reg or _registry(args.plugin, console)   # never what the report names
+            name = args.backend or rep["backend"]
+            if name not in reg.backends:
+                raise HarnessError(missing_backend(path, rep, name, reg.names()))
+            why = backend_can_run(reg.get(name), device)
+            if why:
+                raise HarnessError(f"{path}: backend {name} cannot run on {device}: {why}")
+            params = CaseParams.from_dict(rep["params"])
+            why = too_big(params, device)
+            if why:
+                raise HarnessError(f"{path}: {why}")
+            tensors = tensors_path(path, rep)
+            if device not in executors:
+                executors[device] = InProcessExecutor(reg, device, args.tolerances) if args.in_process else \
+                    SubprocessExecutor(args.plugin, device, args.tolerances)
+            ex = executors[device]
+            ex.case_timeout_s = args.case_timeout or rep.get("case_timeout_s") or DEFAULT_CASE_TIMEOUT_S
+            try:
+                res = ex.run(name, params, tensors=None if tensors is None else str(tensors))
+            except (WorkerStartError, CaseLoadError) as exc:
+                raise HarnessError(f"{path}: {exc}") from None
+            case = res.params.short() if tensors is None else f"tensors {tensors.name} ({res.params.short()})"
+            print_result(console, f"{path}: {res.backend} on {res.device}: {case}", res)
+            if res.failed:
+                worst = EXIT_FOUND
+    finally:
+        for ex in executors.values():
             ex.close()
-        case = res.params.short() if tensors is None else f"tensors {tensors.name} ({res.params.short()})"
-        print_result(console, f"{path}: {res.backend} on {res.device}: {case}", res)
-        if res.failed:
-            worst = EXIT_FOUND
     return worst
 
 

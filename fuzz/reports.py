@@ -25,6 +25,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 from fuzz.cases import CaseParams
@@ -59,9 +60,9 @@ def environment(device: str) -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
            "host": platform.node(), "git_commit": _git_commit()}
     for mod in ("triton", "tilelang"):
-        try:
-            env[mod] = __import__(mod).__version__
-        except Exception:
+        try:      # the installed version, without importing the package (tilelang takes seconds)
+            env[mod] = metadata.version(mod)
+        except metadata.PackageNotFoundError:
             env[mod] = None
     if device == "cuda" and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()

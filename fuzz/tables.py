@@ -3,7 +3,7 @@
 Output that is not a terminal (every CI log) is 80 columns wide, where a table of ten
 columns is cut to "back…", "sour…". A FitTable picks its layout when it is printed: the
 full table where it fits, else a narrow one: each row's key columns on one line, its other
-columns as "label: value" details below it, wrapped and indented."""
+columns as "label: value" details below it (empty ones left out), wrapped and indented."""
 from __future__ import annotations
 
 from rich.console import Group
@@ -37,7 +37,7 @@ class FitTable:
             head.stylize("bold", 0, len(Text.from_markup(row[0]).plain))
             parts.append(head)
             detail = Text.from_markup("; ".join(f"{col}: {cell}" for col, cell in
-                                                zip(self.columns[self.keep:], row[self.keep:]) if cell))
+                                                zip(self.columns[self.keep:], row[self.keep:]) if cell not in ("", "-")))
             for line in detail.wrap(console, max(20, width - 4)) if detail.plain else ():
                 line.rstrip()
                 parts.append(Text("    ") + line)

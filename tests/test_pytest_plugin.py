@@ -41,14 +41,37 @@ def test_reports_collected_per_backend_with_strict_xfail(tmp_path):
     _report(tmp_path, M.dbias_res_twice, CaseParams(1, 1, 1, 1, seed=2), expected_failure="bug 7")
     (tmp_path / "reports" / "broken").mkdir()
     (tmp_path / "reports" / "broken" / "bad.json").write_text("{oops")
-    r = _pytest(tmp_path)
+    r = _pytest(tmp_path, "--mhc-plugin", "tests.mutants:stream0_only", "--mhc-plugin", "tests.mutants:dbias_res_twice")
     out = r.stdout
     # the mutant's own report still fails on it; golden passes the same case
     assert "FAILED" in out and "stream0_only" in out
     assert "PASSED" in out and "::golden" in out
     assert "XFAIL" in out and "bug 7" in out
     assert "invalid-report" in out and "not valid JSON" in out
+    # a plugin's backend (a planted bug) replays its own reports only
+    assert not any("stream0_only/" in line and "::dbias_res_twice" in line for line in out.splitlines())
+    assert any("dbias_res_twice/" in line and "::dbias_res_twice" in line for line in out.splitlines())
     assert r.returncode == 1
+
+
+def test_crash_and_hang_reports_are_verdicts_not_the_end_of_pytest(tmp_path):
+    """The reports of a segfault and a hang (as the run that found them wrote them) run in the
+    worker process under pytest: each is its report's strict xfail, and pytest goes on."""
+    from fuzz.check import CaseResult
+    from fuzz.kinds import FailureKind
+    for mutant, params, kind, seconds in ((M.segfaults, CaseParams(1, 2, 1, 1), FailureKind.CRASH, 0.2),
+                                          (M.hangs, CaseParams(1, 1, 1, 2), FailureKind.TIMEOUT, 2.0)):
+        res = CaseResult(mutant.name, params, "cpu", "fail", kind, [], "found by a run", seconds)
+        path, _ = write_report(build_report(res, plugins=[f"tests.mutants:{mutant.name}"], env={}),
+                               tmp_path / "reports")
+        doc = json.loads(path.read_text())
+        doc["expected_failure"] = {"reason": f"planted {kind}"}
+        path.write_text(json.dumps(doc))
+    r = _pytest(tmp_path, "--mhc-plugin", "tests.mutants:segfaults", "--mhc-plugin", "tests.mutants:hangs",
+                "-k", "not golden and not triton and not tilelang")
+    out = r.stdout
+    assert out.count("XFAIL") >= 2 and "planted crash" in out and "planted timeout" in out, out
+    assert r.returncode == 0 and "INTERNALERROR" not in out, out
 
 
 def test_fixed_bug_under_strict_xfail_shows_as_xpass_failure(tmp_path):
