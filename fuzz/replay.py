@@ -7,6 +7,8 @@ runs in a worker process (fuzz/executor.py), so a segfault or a hang is a verdic
 timeout) and not the end of the harness; --in-process runs it here instead."""
 from __future__ import annotations
 
+import argparse
+
 from fuzz.tables import FitTable
 
 DEFAULT_CASE_TIMEOUT_S = 300.0      # as `mhc-fuzz run`
@@ -18,7 +20,7 @@ def add_arguments(rp):
     rp.add_argument("--device", choices=("cuda", "cpu"))
     rp.add_argument("--in-process", action="store_true",
                     help="run the backend in this process (no containment of crashes and hangs)")
-    rp.add_argument("--isolate", action="store_true", help=__import__("argparse").SUPPRESS)   # the default now
+    rp.add_argument("--isolate", action="store_true", help=argparse.SUPPRESS)   # the default now (old scripts)
     rp.add_argument("--case-timeout", type=float, default=None,
                     help="seconds before the case counts as hung (default: the report's, else 300)")
     rp.add_argument("--sanitize", action="store_true", help="rerun under compute-sanitizer memcheck")
@@ -36,7 +38,6 @@ def missing_backend(path, rep: dict, name: str, registered, command: str = "repl
 
 
 def run(args, console) -> int:
-    from fuzz import tolerances as tolmod
     from fuzz.cases import CaseParams
     from fuzz.check import backend_can_run
     from fuzz.cli import _cuda, _prepare_cpu_env, _registry
