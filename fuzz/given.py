@@ -128,14 +128,18 @@ def to_inputs(tensors: dict, device: str, params: CaseParams | None = None) -> I
     p = describe(tensors)
     if params is not None and (p.B, p.S, p.n, p.D, p.x_dtype, p.use_gamma) != (
             params.B, params.S, params.n, params.D, params.x_dtype, params.use_gamma):
-        raise GivenTensorsError(f"the tensors are the case {p.short()}, gamma {p.use_gamma}, not "
-                                f"{params.short()}, gamma {params.use_gamma}")
+        raise GivenTensorsError(f"the tensors are {shape_line(p)}, not {shape_line(params)}")
     layout = params.layout if params is not None else "contiguous"
     p = params or p
     t = {k: (None if tensors.get(k) is None else tensors[k].to(device)) for k in BACKWARD_ARGS}
     for k in X_DTYPE_ARGS:
         t[k] = _layout(t[k], layout) if layout != "contiguous" else t[k]
     return Inputs(p, **t)
+
+
+def shape_line(p: CaseParams) -> str:
+    """What given tensors are, in one line (their parameters beyond these mean nothing)."""
+    return f"B={p.B} S={p.S} n={p.n} D={p.D} {p.x_dtype}, gamma {'given' if p.use_gamma else 'None'}"
 
 
 def inputs_from_file(path, device: str, params: CaseParams | None = None) -> Inputs:
@@ -324,8 +328,7 @@ def run(args, console) -> int:
             except (WorkerStartError, CaseLoadError) as exc:
                 raise HarnessError(f"{args.tensors}: {exc}") from None
             j.results[name] = res
-            print_result(console, f"{args.tensors}: {name} on {device}: {params.short()}, "
-                                  f"gamma {'given' if params.use_gamma else 'None'}", res)
+            print_result(console, f"{args.tensors}: {name} on {device}: {shape_line(params)}", res)
     finally:
         ex.close()
     if not j.consistent:

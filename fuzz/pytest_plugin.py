@@ -127,8 +127,11 @@ class ReportFailure(AssertionError):
     pass
 
 
-def _not_loaded(backend: str, report: dict) -> str:
+def _not_loaded(backend: str, report: dict, reg) -> str:
     targets = report.get("plugins") or []
+    failed = [reg.errors[f"--plugin {t}"] for t in targets if f"--plugin {t}" in reg.errors]
+    if backend == report["backend"] and failed:
+        return f"backend {backend} is not loaded: {failed[0]}"
     if backend == report["backend"] and targets:
         return (f"backend {backend} is not loaded: load it with "
                 + " ".join(f"--mhc-plugin {t}" for t in targets) + " (or the ini key mhc_plugins)")
@@ -150,7 +153,7 @@ class ReportItem(pytest.Item):
         plugins = _plugins(self.config)
         reg = _registry(plugins)
         if self.backend not in reg.backends:
-            pytest.skip(_not_loaded(self.backend, self.report))
+            pytest.skip(_not_loaded(self.backend, self.report, reg))
         b = reg.get(self.backend)
         why = backend_can_run(b, self.device)
         if why:

@@ -203,12 +203,13 @@ def add_parser(sub, common):
     r.add_argument("--max-tests", type=int, default=400, help="most candidates to run (default 400)")
 
 
-def _original(args, console):
+def _original(args):
     """(tensors on the CPU, layout, report or None, backend name) of the case to reduce."""
     from fuzz.cases import CaseParams, make_inputs
     from fuzz.errors import HarnessError
     from fuzz.given import GivenTensorsError, load_tensors
     from fuzz.reports import ReportError, load_report, tensors_path
+    from fuzz.sizes import too_big
     path = Path(args.case)
     if path.suffix == ".json":
         try:
@@ -217,17 +218,23 @@ def _original(args, console):
             raise HarnessError(str(exc)) from None
         params = CaseParams.from_dict(rep["params"])
         stored = tensors_path(path, rep)
+        why = too_big(params, "cpu")          # the candidates are cut from tensors held on the CPU
+        if why:
+            raise HarnessError(f"{path}: {why}")
         if stored is None:
             inp = make_inputs(params, "cpu")
             t = {k: (None if v is None else v.contiguous()) for k, v in
                  ((k, getattr(inp, k)) for k in BACKWARD_ARGS)}
         else:
-            t = load_tensors(stored)
+            try:
+                t = load_tensors(stored, "cpu")
+            except GivenTensorsError as exc:
+                raise HarnessError(str(exc)) from None
         return {k: v for k, v in t.items() if v is not None}, params.layout, rep, args.backend or rep["backend"]
     if not args.backend:
         raise HarnessError(f"{path}: saved tensors: say which backend they fail on (--backend NAME)")
     try:
-        t = load_tensors(path)
+        t = load_tensors(path, "cpu")
     except GivenTensorsError as exc:
         raise HarnessError(str(exc)) from None
     return {k: t[k] for k in BACKWARD_ARGS if t.get(k) is not None}, "contiguous", None, args.backend
@@ -245,7 +252,7 @@ def run(args, console) -> int:
 
     device = pick_device(args.device, console)
     _prepare_cpu_env(device)
-    t, layout, rep, name = _original(args, console)
+    t, layout, rep, name = _original(args)
     try:
         params = describe(t, args.case)
     except GivenTensorsError as exc:

@@ -42,6 +42,7 @@ def run(args, console) -> int:
     from fuzz.check import backend_can_run
     from fuzz.cli import _cuda, _prepare_cpu_env, _registry
     from fuzz.errors import EXIT_FOUND, EXIT_OK, HarnessError
+    from fuzz.given import shape_line
     from fuzz.executor import CaseLoadError, InProcessExecutor, SubprocessExecutor, WorkerStartError
     from fuzz.reports import ReportError, load_report, tensors_path
     from fuzz.sizes import too_big
@@ -80,7 +81,8 @@ def run(args, console) -> int:
                 res = ex.run(name, params, tensors=None if tensors is None else str(tensors))
             except (WorkerStartError, CaseLoadError) as exc:
                 raise HarnessError(f"{path}: {exc}") from None
-            case = res.params.short() if tensors is None else f"tensors {tensors.name} ({res.params.short()})"
+            case = res.params.short() if tensors is None else \
+                f"tensors {tensors.name} ({shape_line(res.params)}, layout={res.params.layout})"
             print_result(console, f"{path}: {res.backend} on {res.device}: {case}", res)
             if res.failed:
                 worst = EXIT_FOUND

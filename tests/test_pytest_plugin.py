@@ -6,10 +6,11 @@ import sys
 from importlib.metadata import entry_points
 
 from conftest import ROOT
-from fuzz.cases import CaseParams
+from fuzz.cases import CaseParams, make_inputs
 from fuzz.check import run_case
 from fuzz.reports import build_report, write_report
 import tests.mutants as M
+from impls.schema import BACKWARD_ARGS
 
 
 def _report(tmp_path, mutant, params, expected_failure=None):
@@ -41,8 +42,18 @@ def test_reports_collected_per_backend_with_strict_xfail(tmp_path):
     _report(tmp_path, M.dbias_res_twice, CaseParams(1, 1, 1, 1, seed=2), expected_failure="bug 7")
     (tmp_path / "reports" / "broken").mkdir()
     (tmp_path / "reports" / "broken" / "bad.json").write_text("{oops")
-    r = _pytest(tmp_path, "--mhc-plugin", "tests.mutants:stream0_only", "--mhc-plugin", "tests.mutants:dbias_res_twice")
+    # a reduced report: its tensors stored beside it
+    res = run_case(M.d_tail_dropped, CaseParams(1, 2, 2, 17, seed=3), "cpu")
+    inp = make_inputs(res.params)
+    path, _ = write_report(build_report(res, plugins=["tests.mutants:d_tail_dropped"], env={}), tmp_path / "reports",
+                           tensors={k: getattr(inp, k) for k in BACKWARD_ARGS})
+    doc = json.loads(path.read_text())
+    doc["expected_failure"] = {"reason": "tensor-backed"}
+    path.write_text(json.dumps(doc))
+    r = _pytest(tmp_path, "--mhc-plugin", "tests.mutants:stream0_only", "--mhc-plugin", "tests.mutants:dbias_res_twice",
+                "--mhc-plugin", "tests.mutants:d_tail_dropped")
     out = r.stdout
+    assert "tensor-backed" in out and f"PASSED reports/d_tail_dropped/{path.name}::golden" in out
     # the mutant's own report still fails on it; golden passes the same case
     assert "FAILED" in out and "stream0_only" in out
     assert "PASSED" in out and "::golden" in out

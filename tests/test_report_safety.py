@@ -145,3 +145,18 @@ def test_pytest_collection_of_hostile_reports_runs_nothing(tmp_path):
     for problem in ("JSON nested too deeply", "not UTF-8 text", "larger than", "module:attr names"):
         assert problem in out, problem
     assert "PASSED" in out and "ok.json::golden" in out          # the data of a hostile report still runs
+
+
+def test_replaying_a_segfault_and_a_hang_is_a_verdict_not_the_end_of_the_harness(tmp_path, capsys):
+    """Their reports, as the run that found them wrote them, replay in the worker process by
+    default: the segfault is `crash`, the hang `timeout` after the limit it overran."""
+    paths = []
+    for backend, params, kind, seconds in (("segfaults", CaseParams(1, 2, 1, 1), "crash", 0.1),
+                                           ("hangs", CaseParams(1, 1, 1, 2), "timeout", 1.0)):
+        res = CaseResult(backend, params, "cpu", "fail", kind, [], "found by a run", seconds)
+        paths.append(write_report(build_report(res, plugins=[f"tests.mutants:{backend}"], env={}), tmp_path)[0])
+    assert load_report(paths[1])["case_timeout_s"] == 1.0
+    rc = main(["replay", *map(str, paths), "--plugin", "tests.mutants:segfaults", "--plugin", "tests.mutants:hangs"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "FAIL (crash) worker killed by signal SIGSEGV" in out, out
+    assert "FAIL (timeout) no result within the per-case timeout of 1 s" in out, out

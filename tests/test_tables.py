@@ -52,3 +52,14 @@ def test_backends_in_a_ci_log_and_as_json(tmp_path, capsys, monkeypatch):
     f = tmp_path / "b.json"
     assert main(["backends", "--json", str(f)]) == 0                 # to a file, and the table as before
     assert "registered backends" in capsys.readouterr().out and json.loads(f.read_text())["backends"]
+
+
+def test_kill_table_fits_80_columns():
+    from fuzz.mutants import _table
+    row = {"mutant": "last_token_block_skipped", "killed": True, "kinds": ["tolerance"], "expected_kind": "tolerance",
+           "expected_kind_found": True, "seconds_to_first_failure": 1.25, "cases": 17,
+           "minimized_case": "B=1 S=65 n=1 D=1 bf16 seed=0 layout=contiguous", "minimized_elements": 65}
+    out = _render(_table([row], "cpu"), 80)
+    flat = " ".join(out.split())
+    assert max(map(len, out.splitlines())) <= 80 and "…" not in out
+    assert "last_token_block_skipped killed" in flat and "minimized case: B=1 S=65 n=1 D=1" in flat
