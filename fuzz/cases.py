@@ -79,7 +79,7 @@ class CaseParams:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"case parameter {k} must be a positive int, got {v!r}")
         if self.x_dtype not in X_DTYPES:
-            raise ValueError(f"x_dtype must be one of {X_DTYPES}, got {self.x_dtype!r}")
+            raise ValueError(f"x_dtype must be {', '.join(X_DTYPES[:-1])} or {X_DTYPES[-1]}, got {self.x_dtype!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if len(self.alpha) != 3:

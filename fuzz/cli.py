@@ -11,62 +11,16 @@ Errors in what the harness is given (files, flags, plugins) print one line and e
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from fuzz.errors import EXIT_FOUND, EXIT_OK, EXIT_USAGE, HarnessError  # noqa: F401  (re-exported)
-
-
-def parse_budget(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*", str(text))
-    if not m:
-        raise HarnessError(f"--budget {text!r}: expected a duration like 90s, 10m or 1.5h")
-    seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-    if seconds <= 0:
-        raise HarnessError(f"--budget {text!r}: must be more than zero")
-    if seconds > 7 * 24 * 3600:
-        raise HarnessError(f"--budget {text!r}: more than a week; split the run")
-    return seconds
-
-
-def pick_device(requested: str | None, console) -> str:
-    import torch
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise HarnessError("--device cuda: no CUDA device is visible on this machine")
-    if requested:
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    console.print("[yellow]notice:[/] no CUDA device: running on the CPU (small shapes; Triton interpreted)")
-    return "cpu"
-
-
-def _prepare_cpu_env(device: str):
-    # Triton kernels can only run interpreted on the CPU; it must be set before they are imported.
-    if device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-def _registry(plugins, console, quiet=False):
-    from impls.registry import default_registry
-    plugins = list(dict.fromkeys(plugins))     # the same target twice is one plugin
-    if plugins and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())        # as `python -m` would: tests.mutants:... from a checkout
-    reg = default_registry(plugins)
-    if not quiet:
-        for source, msg in reg.errors.items():
-            console.print(f"[red]backend error:[/] {msg}")
-    for target in plugins:
-        if f"--plugin {target}" in reg.errors:
-            raise HarnessError(reg.errors[f"--plugin {target}"])
-    return reg
+from fuzz.plan import cuda_available as _cuda
+from fuzz.plan import load_registry as _registry
+from fuzz.plan import prepare_device_env as _prepare_cpu_env
 
 
 # ------------------------------------------------------------------ backends
@@ -102,170 +56,10 @@ def cmd_backends(args, console) -> int:
     return EXIT_OK
 
 
-def _cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
-
-
 # ------------------------------------------------------------------ run
 def cmd_run(args, console) -> int:
-    from fuzz import engine, summary
-    from fuzz.check import backend_can_run
-    from fuzz.executor import InProcessExecutor, SubprocessExecutor, WorkerStartError
-    from fuzz.profiles import ProfileError, get_profile
-    from fuzz import tolerances as tolmod
-    from fuzz.reports import sweep_reports_dir
-
-    budget = parse_budget(args.budget)
-    try:
-        profile = get_profile(args.profile)
-    except ProfileError as exc:
-        raise HarnessError(str(exc)) from None
-    tolmod.load(args.tolerances)          # fail early, with the file's own message
-    device = pick_device(args.device, console)
-    _prepare_cpu_env(device)
-    if args.workers not in (None, "1", 1):
-        from fuzz.shards import run_sharded
-        return run_sharded(args, budget, device, console)
-    reg = _registry(args.plugin, console)
-    names = _select(reg, args.backend)
-    out_dir = _writable_dir(args.out, "--out")
-    reports_dir = _writable_dir(args.reports, "--reports")
-    stale = sweep_reports_dir(reports_dir)
-    if stale:
-        console.print(f"removed {stale} unfinished report file(s) left in {reports_dir} by a killed run")
-    try:
-        db = engine.open_database(args.db)
-    except ValueError as exc:
-        raise HarnessError(str(exc)) from None
-
-    meta = {"device": device, "budget_s": budget, "profile": profile.name, "seed": args.seed,
-            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "argv": sys.argv[1:]}
-    if device == "cuda":
-        import torch
-        meta["gpu"] = torch.cuda.get_device_name()
-    all_stats = []
-    runnable = []
-    for name in names:
-        why = backend_can_run(reg.get(name), device)
-        if why:
-            st = engine.BackendStats(name, device, skipped=why)
-            all_stats.append(st)
-            console.print(f"[yellow]skip[/] {name}: {why}")
-        else:
-            runnable.append(name)
-    if not args.no_warm_up:
-        meta["warm_up"] = warm_up_backends(reg, runnable, console)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                        TimeRemainingColumn(), console=console, transient=False)
-    t_start = time.monotonic()
-    interrupted = False
-    with progress:
-        for i, name in enumerate(runnable):
-            share = (budget - (time.monotonic() - t_start)) / (len(runnable) - i)
-            task = progress.add_task(f"{name:>10}", total=share, info="starting")
-            b0 = time.monotonic()
-
-            def on_result(stats, res, task=task, b0=b0):
-                worst = max(stats.worst.values(), default=0.0)
-                progress.update(task, completed=min(share, time.monotonic() - b0),
-                                info=f"{stats.cases} cases, {len(stats.findings)} findings, worst {worst:.3g}")
-
-            def on_finding(stats, f, new):
-                if new:
-                    progress.console.print(f"[red]FAIL[/] {stats.name}: {f.result.kind} "
-                                           f"{','.join(f.result.failing_components())} after {f.detected_after_s:.1f} s "
-                                           f"({f.result.params.short()})")
-
-            if args.no_isolate:
-                executor = InProcessExecutor(reg, device, args.tolerances)
-            else:
-                executor = SubprocessExecutor(args.plugin, device, args.tolerances, args.case_timeout)
-            opts = engine.FuzzOptions(device=device, chunk_examples=profile.chunk_examples,
-                                      limits=profile.limits(device), seed=args.seed, database=db,
-                                      reports_dir=reports_dir, plugins=tuple(args.plugin),
-                                      check_determinism=profile.check_determinism,
-                                      stop_on_first_failure=args.stop_on_first_failure,
-                                      on_result=on_result, on_finding=on_finding)
-            try:
-                stats = engine.fuzz_backend(name, reg.get(name).capabilities, executor, share, opts)
-            except WorkerStartError as exc:
-                raise HarnessError(f"backend {name}: {exc}") from None
-            finally:
-                executor.close()
-            progress.update(task, completed=share)
-            all_stats.append(stats)
-            if stats.interrupted:
-                interrupted = True
-                break
-    console.print(summary.table(all_stats))
-    meta["interrupted"] = interrupted
-    doc = summary.summary_dict(all_stats, meta)
-    write_errors = [e for s in all_stats for e in s.write_errors]
-    try:
-        summary.write_json(Path(args.json) if args.json else out_dir / "summary.json", doc)
-        summary.write_junit(Path(args.junit) if args.junit else out_dir / "junit.xml", all_stats)
-        page = summary.write_page(out_dir, all_stats, meta)
-        console.print(f"summary: {page}  reports: {reports_dir}")
-    except OSError as exc:
-        write_errors.append(f"{out_dir}: cannot write the summary: {exc.strerror or exc}")
-    if write_errors:
-        # nothing found is lost: every finding's case goes to stdout as JSON, one per line
-        for s in all_stats:
-            for f in s.findings.values():
-                print(json.dumps({"backend": s.name, "kind": f.result.kind, "params": f.result.params.to_dict()}))
-        raise HarnessError(write_errors[0] + (f" (and {len(write_errors) - 1} more)" if len(write_errors) > 1 else "")
-                           + "; the findings were printed above")
-    if interrupted:
-        return 130
-    return EXIT_FOUND if doc["failed"] else EXIT_OK
-
-
-def warm_up_backends(reg, names, console) -> dict:
-    """Each backend's optional warm_up() (e.g. compiling every kernel its cases can reach into
-    a disk cache that the case workers then load from), before the time budget starts, so that
-    the budget goes to cases. {name: statistics} of those that have one."""
-    from fuzz.summary import format_stats
-    from impls.registry import warm_up
-    done = {}
-    for name in names:
-        backend = reg.get(name)
-        if getattr(backend, "warm_up", None) is None:
-            continue
-        with console.status(f"warming up {name} (its warm_up(): e.g. compiling kernels ahead of time)"):
-            st = warm_up(backend)
-        done[name] = st
-        detail = format_stats({k: v for k, v in st.items() if k not in ("seconds", "error")})
-        if "error" in st:
-            console.print(f"[yellow]warm-up of {name} failed[/] after {st['seconds']:.1f} s: {st['error']} "
-                          "(its cases run anyway and prepare what they need themselves)")
-        else:
-            console.print(f"warm-up {name}: {st['seconds']:.1f} s" + (f" ({detail})" if detail else ""))
-    return done
-
-
-def _select(reg, spec: str) -> list:
-    if spec == "all":
-        return reg.names()
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    for n in names:
-        if n not in reg.backends:
-            raise HarnessError(f"--backend {n}: no such backend (registered: {', '.join(reg.names()) or 'none'})")
-    return names
-
-
-def _writable_dir(path: str, flag: str) -> Path:
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".write-probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise HarnessError(f"{flag} {path}: not writable: {exc.strerror or exc}") from None
-    return p
+    from fuzz import pipeline
+    return pipeline.run(args, console)
 
 
 # ------------------------------------------------------------------ replay
@@ -329,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", default=None, help="N or auto: one worker per GPU (default 1)")
     r.add_argument("--no-warm-up", action="store_true",
                    help="skip the backends' warm_up() (by default it runs before the budget starts)")
+    r.add_argument("--max-cases", type=int, default=None, metavar="N",
+                   help="stop each backend after N cases, if the budget lasts (per worker)")
+    r.add_argument("--stats-out", help=argparse.SUPPRESS)   # a shard of a sharded run: statistics for its parent
 
     rp = sub.add_parser("replay", help="rerun report(s); exit 1 while any still fails")
     common(rp)
@@ -366,20 +163,20 @@ COMMANDS = {"backends": cmd_backends, "run": cmd_run, "replay": cmd_replay, "mut
             "onboard": cmd_onboard, "check": cmd_check, "reduce": cmd_reduce}
 
 
-def _terminate_as_interrupt(signum, frame):
-    raise KeyboardInterrupt   # SIGTERM ends a run like Ctrl-C: partial summary, reports kept
-
-
 def main(argv=None) -> int:
-    import signal
     from rich.console import Console
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    from fuzz import stop
     console = Console(stderr=False, highlight=False)
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM ends a run like Ctrl-C: partial summary marked interrupted, reports kept, exit 130
+    stop.install(shard=bool(getattr(args, "stats_out", None)))
     handler = COMMANDS[args.command]
     try:
         return handler(args, console)
+    except KeyboardInterrupt:      # stopped before a run could write a summary
+        print("mhc-fuzz: interrupted", file=sys.stderr)
+        return 130
     except HarnessError as exc:
         if args.debug:
             raise

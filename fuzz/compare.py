@@ -5,6 +5,7 @@ differs from the truth's after rounding to the output dtype (NaN or Inf where th
 truth is finite, and the reverse: an fp16 dx whose truth exceeds 65504 must be Inf)."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -57,10 +58,11 @@ def compare(component: str, out: torch.Tensor, truth: torch.Tensor, tol: torch.T
     tol = tol.to(o.device)
     expected = t.to(out_dtype).to(torch.float64)          # overflow of the stored type is Inf
     fin_o, fin_e = torch.isfinite(o), torch.isfinite(expected)
-    # near the overflow threshold either a finite value or Inf is a correct rounding
+    # near the overflow threshold either a finite value or Inf is a correct rounding: values from
+    # top + half an ulp of the top binade (2^emax * u: 65520 in fp16) round to Inf
     top = torch.finfo(out_dtype).max
-    ulp_top = top * 2 * UNIT_ROUNDOFF[NAME_OF[out_dtype]]
-    ambiguous = (t.abs() - tol < top + ulp_top / 2) & (t.abs() + tol >= top + ulp_top / 2)
+    to_inf = top + 2.0 ** math.floor(math.log2(top)) * UNIT_ROUNDOFF[NAME_OF[out_dtype]]
+    ambiguous = (t.abs() - tol < to_inf) & (t.abs() + tol >= to_inf)
     both_nonfinite = ~fin_o & ~fin_e
     same_special = both_nonfinite & ((o == expected) | (torch.isnan(o) & torch.isnan(expected)))
     mismatch = ((fin_o != fin_e) & ~ambiguous) | (both_nonfinite & ~same_special)

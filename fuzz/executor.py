@@ -5,6 +5,11 @@ assert) or hang. SubprocessExecutor runs each case in a long-lived worker proces
 worker that dies or overruns the per-case timeout is replaced, and the case is returned
 as a CRASH or TIMEOUT failure, so the run goes on.
 
+A case still running at the run's deadline, or when the run is stopped (fuzz/stop.py), is
+ended by killing the worker and returned as not run: neither a pass nor a failure. The
+worker ignores SIGINT and SIGTERM, so a signal sent to the whole process group stops the run
+through the parent, and never looks like a crash of the backend.
+
 run(name, params, tensors=PATH) runs the tensors stored in a file (given tensors, a reduced
 report; `params` describes them) instead of generating the case, judged against the truth
 of their saved activations (fuzz/given.py)."""
@@ -15,6 +20,7 @@ import os
 import signal
 import time
 
+from fuzz import stop
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams
 from fuzz.check import CaseResult, run_case, run_inputs
@@ -22,6 +28,7 @@ from fuzz.kinds import FailureKind
 from impls.registry import default_registry
 
 STARTUP_TIMEOUT_S = 300.0
+POLL_S = 0.1          # how often a wait looks at the deadline and the stop flag
 
 
 class WorkerStartError(RuntimeError):
@@ -54,7 +61,10 @@ class InProcessExecutor:
     def warm(self):
         pass
 
-    def run(self, backend_name: str, params: CaseParams, **options) -> CaseResult:
+    def run(self, backend_name: str, params: CaseParams, deadline: float | None = None, **options) -> CaseResult:
+        # in this process a running case cannot be stopped: the deadline is only checked before it
+        if (deadline is not None and time.monotonic() >= deadline) or stop.requested():
+            return not_run(backend_name, params, self.device, "the run's deadline had passed")
         return _run_one(self.registry.get(backend_name), params, self.device, self.tolerances, **options)
 
     def close(self):
@@ -64,6 +74,7 @@ class InProcessExecutor:
 def _worker_main(conn, plugins, device, tolerances_path, env):
     os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     registry = default_registry(plugins)
     tolerances = tolmod.load(tolerances_path)
     conn.send(("ready", None))
@@ -78,6 +89,23 @@ def _worker_main(conn, plugins, device, tolerances_path, env):
             conn.send(("load-error", str(exc)))
             continue
         conn.send(("result", result.to_dict()))
+
+
+def not_run(backend_name, params, device, why) -> CaseResult:
+    return CaseResult(backend_name, params, device, "not-run", message=why)
+
+
+def _wait(conn, seconds: float) -> str:
+    """Wait for the worker's answer: 'ready', 'timeout', or 'stopped' (a stop was requested)."""
+    end = time.monotonic() + max(0.0, seconds)
+    while True:
+        if stop.requested():
+            return "stopped"
+        left = end - time.monotonic()
+        if conn.poll(min(POLL_S, max(0.0, left))):
+            return "ready"
+        if left <= 0:
+            return "timeout"
 
 
 def _describe_exit(code) -> str:
@@ -110,8 +138,11 @@ class SubprocessExecutor:
                                  args=(child, self.plugins, self.device, self.tolerances_path, self.env))
         self._proc.start()
         child.close()
-        if not self._conn.poll(STARTUP_TIMEOUT_S):
+        waited = _wait(self._conn, STARTUP_TIMEOUT_S)
+        if waited != "ready":
             self._kill()
+            if waited == "stopped":
+                raise KeyboardInterrupt
             raise WorkerStartError(f"fuzz worker did not start within {STARTUP_TIMEOUT_S:.0f} s")
         try:
             self._conn.recv()
@@ -135,16 +166,26 @@ class SubprocessExecutor:
                 self.restarts += 1
             self._start()
 
-    def run(self, backend_name: str, params: CaseParams, **options) -> CaseResult:
+    def run(self, backend_name: str, params: CaseParams, deadline: float | None = None, **options) -> CaseResult:
+        """Run one case in the worker. `deadline` (time.monotonic()) is the run's end: a case
+        still running then is stopped and returned as not run."""
+        if (deadline is not None and time.monotonic() >= deadline) or stop.requested():
+            return not_run(backend_name, params, self.device, "the run's deadline had passed")
         self.warm()
         t0 = time.perf_counter()
+        left = self.case_timeout_s if deadline is None else min(self.case_timeout_s, deadline - time.monotonic())
         try:
             self._conn.send((backend_name, params.to_dict(), options))
-            if self._conn.poll(self.case_timeout_s):
+            waited = _wait(self._conn, left)
+            if waited == "ready":
                 what, payload = self._conn.recv()
                 if what == "load-error":
                     raise CaseLoadError(payload)
                 return CaseResult.from_dict(payload)
+            if waited == "stopped" or left < self.case_timeout_s:
+                self._kill()    # not the backend's fault: the run ends; the next run starts a new worker
+                return not_run(backend_name, params, self.device,
+                               "stopped by a signal" if waited == "stopped" else "still running at the run's deadline")
             kind, why = FailureKind.TIMEOUT, f"no result within the per-case timeout of {self.case_timeout_s:g} s"
         except (EOFError, BrokenPipeError, ConnectionResetError):
             self._proc.join(10)

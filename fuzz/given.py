@@ -290,21 +290,21 @@ def add_parser(sub, common):
 
 def run(args, console) -> int:
     import json
-    from fuzz.cli import _prepare_cpu_env, _registry, _select, pick_device
+    from fuzz.plan import load_registry, pick_device, prepare_device_env, select_backends
     from fuzz.errors import EXIT_FOUND, EXIT_OK, HarnessError
     from fuzz.executor import CaseLoadError, InProcessExecutor, SubprocessExecutor, WorkerStartError
     from fuzz.replay import print_result
     from fuzz.tables import FitTable
 
     device = pick_device(args.device, console)
-    _prepare_cpu_env(device)
+    prepare_device_env(device)
     try:
         tensors = load_tensors(args.tensors, device)
         params = describe(tensors, args.tensors)
     except GivenTensorsError as exc:
         raise HarnessError(str(exc)) from None
-    reg = _registry(args.plugin, console)
-    names = _select(reg, args.backend)
+    reg = load_registry(args.plugin, console)
+    names = select_backends(reg, args.backend)
     tols = tolmod.load(args.tolerances)
     j = Judgement(params)
     j.activations = consistency(to_inputs(tensors, device), tols)

@@ -241,7 +241,7 @@ def _original(args):
 
 
 def run(args, console) -> int:
-    from fuzz.cli import _prepare_cpu_env, _registry, _writable_dir, pick_device
+    from fuzz.plan import load_registry, pick_device, prepare_device_env, writable_dir
     from fuzz.errors import EXIT_FOUND, EXIT_OK, HarnessError
     from fuzz.executor import CaseLoadError, InProcessExecutor, SubprocessExecutor, WorkerStartError
     from fuzz.given import GivenTensorsError, consistency, describe, to_inputs
@@ -251,7 +251,7 @@ def run(args, console) -> int:
     from fuzz.sizes import too_big
 
     device = pick_device(args.device, console)
-    _prepare_cpu_env(device)
+    prepare_device_env(device)
     t, layout, rep, name = _original(args)
     try:
         params = describe(t, args.case)
@@ -260,14 +260,14 @@ def run(args, console) -> int:
     why = too_big(params, device)
     if why:
         raise HarnessError(f"{args.case}: {why}")
-    reg = _registry(args.plugin, console)
+    reg = load_registry(args.plugin, console)
     if name not in reg.backends:
         raise HarnessError(missing_backend(args.case, rep or {"backend": name}, name, reg.names(), "reduce"))
     backend = reg.get(name)
     why = backend_can_run(backend, device)
     if why:
         raise HarnessError(f"{args.case}: backend {name} cannot run on {device}: {why}")
-    reports = _writable_dir(args.reports, "--reports")
+    reports = writable_dir(args.reports, "--reports")
     consistent = all(a.consistent for a in consistency(to_inputs(t, "cpu")))
     timeout = args.case_timeout or (rep or {}).get("case_timeout_s") or DEFAULT_CASE_TIMEOUT_S
     ex = InProcessExecutor(reg, device, args.tolerances) if args.in_process else \

@@ -40,7 +40,7 @@ def missing_backend(path, rep: dict, name: str, registered, command: str = "repl
 def run(args, console) -> int:
     from fuzz.cases import CaseParams
     from fuzz.check import backend_can_run
-    from fuzz.cli import _cuda, _prepare_cpu_env, _registry
+    from fuzz.plan import cuda_available, load_registry, prepare_device_env
     from fuzz.errors import EXIT_FOUND, EXIT_OK, HarnessError
     from fuzz.given import shape_line
     from fuzz.executor import CaseLoadError, InProcessExecutor, SubprocessExecutor, WorkerStartError
@@ -57,10 +57,10 @@ def run(args, console) -> int:
             except ReportError as exc:
                 raise HarnessError(str(exc)) from None
             device = args.device or rep["device"]
-            if device == "cuda" and not _cuda():
+            if device == "cuda" and not cuda_available():
                 raise HarnessError(f"{path}: the report ran on cuda and no CUDA device is visible (use --device cpu)")
-            _prepare_cpu_env(device)
-            reg = reg or _registry(args.plugin, console)   # never what the report names
+            prepare_device_env(device)
+            reg = reg or load_registry(args.plugin, console)   # never what the report names
             name = args.backend or rep["backend"]
             if name not in reg.backends:
                 raise HarnessError(missing_backend(path, rep, name, reg.names()))

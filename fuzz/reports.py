@@ -60,8 +60,9 @@ def environment(device: str) -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
            "host": platform.node(), "git_commit": _git_commit()}
     for mod in ("triton", "tilelang"):
-        try:      # the installed version, without importing the package (tilelang takes seconds)
-            env[mod] = metadata.version(mod)
+        loaded = sys.modules.get(mod)
+        try:      # not imported here for this: importing tilelang takes seconds
+            env[mod] = getattr(loaded, "__version__", None) if loaded else metadata.version(mod)
         except metadata.PackageNotFoundError:
             env[mod] = None
     if device == "cuda" and torch.cuda.is_available():
@@ -244,6 +245,12 @@ def _read_text(path: Path) -> str:
         raise ReportError(f"{path}: not UTF-8 text (byte {exc.start}): not a report") from exc
 
 
+def _short(value) -> str:
+    """repr() of a value read from a report, cut to a length fit for one line."""
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
 def load_report(path: str | Path) -> dict:
     """Read and check a report; ReportError (one line naming the file) for anything wrong.
     Nothing the report names is imported or called."""
@@ -263,19 +270,19 @@ def load_report(path: str | Path) -> dict:
         if key not in doc:
             raise ReportError(f"{path}: missing key {key!r}")
     if doc["schema"] != SCHEMA:
-        raise ReportError(f"{path}: schema {str(doc['schema'])[:40]!r} is not supported (expected {SCHEMA})")
+        raise ReportError(f"{path}: schema {_short(doc['schema'])} is not supported (expected {SCHEMA})")
     for key in ("id", "signature", "replay"):
         if not isinstance(doc[key], str):
             raise ReportError(f"{path}: {key} must be a string")
     backend = doc["backend"]
     if not (isinstance(backend, str) and 0 < len(backend) <= 100
             and backend.replace("-", "_").replace(".", "_").isidentifier()):
-        raise ReportError(f"{path}: backend must be a backend name, got {str(backend)[:60]!r}")
+        raise ReportError(f"{path}: backend must be a backend name, got {_short(backend)}")
     if doc["kind"] not in {k.value for k in FailureKind}:
-        raise ReportError(f"{path}: kind {str(doc['kind'])[:40]!r} is not a failure kind "
+        raise ReportError(f"{path}: kind {_short(doc['kind'])} is not a failure kind "
                           f"({', '.join(k.value for k in FailureKind)})")
     if doc["device"] not in ("cpu", "cuda"):
-        raise ReportError(f"{path}: device must be cpu or cuda, got {str(doc['device'])[:40]!r}")
+        raise ReportError(f"{path}: device must be cpu or cuda, got {_short(doc['device'])}")
     if not isinstance(doc["params"], dict):
         raise ReportError(f"{path}: params must be an object")
     try:

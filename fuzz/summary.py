@@ -16,10 +16,10 @@ def _fmt_ratio(r):
     return "inf" if not math.isfinite(r) or r >= 1e29 else f"{r:.3g}"
 
 
-def table(all_stats) -> FitTable:
+def table(all_stats, interrupted: bool = False) -> FitTable:
     """The run's summary: a table in a terminal, a narrow layout in an 80-column CI log."""
-    t = FitTable("mhc-fuzz summary", ("backend", "device", "cases", "passed", "failed", "refused", "cases/s",
-                                      "worst ratio", "findings"),
+    t = FitTable("mhc-fuzz summary" + (" (INTERRUPTED: partial)" if interrupted else ""),
+                 ("backend", "device", "cases", "passed", "failed", "refused", "cases/s", "worst ratio", "findings"),
                  keep=2, right=("cases", "passed", "failed", "refused", "cases/s"))
     for s in all_stats:
         if s.skipped:
@@ -27,7 +27,7 @@ def table(all_stats) -> FitTable:
             continue
         top = max(s.worst, key=s.worst.get) if s.worst else None
         worst = f"{_fmt_ratio(s.worst[top])} ({top})" if top else ""
-        finds = "; ".join(f"{f.result.kind}:{','.join(f.result.failing_components()) or '-'}"
+        finds = "; ".join(f"{f.result.kind}:{','.join(f.result.failing_components()) or '-'} ({f.hits} hits)"
                           for f in s.findings.values())
         if "compiles" in s.backend_stats:
             finds = (finds or "none") + f"; {s.backend_stats['compiles']} compiles"
@@ -37,19 +37,25 @@ def table(all_stats) -> FitTable:
 
 
 def summary_dict(all_stats, meta: dict) -> dict:
-    return {**meta, "failed": any(s.findings for s in all_stats), "backends": [s.to_dict() for s in all_stats]}
+    return {**meta, "interrupted": bool(meta.get("interrupted")), "failed": any(s.findings for s in all_stats),
+            "backends": [s.to_dict() for s in all_stats]}
 
 
 def write_json(path: Path, doc: dict):
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def write_junit(path: Path, all_stats):
-    """One test suite per backend; one test case per distinct finding, or one passing case."""
-    suites = ET.Element("testsuites", name="mhc-fuzz")
+def write_junit(path: Path, all_stats, meta: dict | None = None):
+    """One test suite per backend; one test case per distinct finding, or one passing case.
+    An interrupted run says so in a property of every suite (a partial result is not a pass)."""
+    interrupted = bool((meta or {}).get("interrupted"))
+    suites = ET.Element("testsuites", name="mhc-fuzz" + (" (interrupted)" if interrupted else ""))
     for s in all_stats:
         suite = ET.SubElement(suites, "testsuite", name=f"mhc-fuzz.{s.name}", tests="0", failures="0",
                               skipped="0", time=f"{s.seconds:.2f}")
+        props = ET.SubElement(suite, "properties")
+        ET.SubElement(props, "property", name="interrupted", value="true" if interrupted else "false")
+        ET.SubElement(props, "property", name="cases", value=str(s.cases))
         if s.skipped:
             case = ET.SubElement(suite, "testcase", classname=f"mhc-fuzz.{s.name}", name="fuzz")
             ET.SubElement(case, "skipped", message=s.skipped)
@@ -62,7 +68,8 @@ def write_junit(path: Path, all_stats):
         for sig, f in s.findings.items():
             case = ET.SubElement(suite, "testcase", classname=f"mhc-fuzz.{s.name}", name=sig)
             fail = ET.SubElement(case, "failure", type=f.result.kind, message=f.result.message[:300])
-            fail.text = f"case: {f.result.params.short()}\nreport: {f.path}\n{f.result.message}"
+            fail.text = (f"case: {f.result.params.short()}\nreport: {f.path}\ncases that hit it: {f.hits}\n"
+                         f"{f.result.message}")
         suite.set("tests", str(len(s.findings))), suite.set("failures", str(len(s.findings)))
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
 
@@ -74,11 +81,17 @@ def format_stats(stats: dict) -> str:
 
 def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
     """summary.md with the table and, where matplotlib is installed, a plot of error/bound ratios."""
-    lines = ["# mhc-fuzz run", "", f"- device: {meta.get('device')}  ", f"- budget: {meta.get('budget_s')} s, "
-             f"profile {meta.get('profile')}, seed {meta.get('seed')}  ", f"- started: {meta.get('started')}", "",
-             "| backend | cases | passed | failed | refused | cases/s | findings |", "|---|---|---|---|---|---|---|"]
+    lines = ["# mhc-fuzz run" + (" (INTERRUPTED)" if meta.get("interrupted") else ""), ""]
+    if meta.get("interrupted"):
+        lines += ["**Interrupted** (SIGINT/SIGTERM): these numbers cover what ran before the stop; "
+                  "backends marked *not run* did not run.", ""]
+    lines += [f"- device: {meta.get('device')}" + (f" ({meta['gpu']})" if meta.get("gpu") else "") + "  ",
+              f"- budget: {meta.get('budget_s')} s, profile {meta.get('profile')}, seed {meta.get('seed')}, "
+              f"workers {meta.get('workers', 1)}  ", f"- started: {meta.get('started')}", "",
+              "| backend | cases | passed | failed | refused | not run | cases/s | findings |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in all_stats:
-        lines.append(f"| {s.name} | {s.cases} | {s.passed} | {s.failed} | {s.refused} | "
+        lines.append(f"| {s.name} | {s.cases} | {s.passed} | {s.failed} | {s.refused} | {s.not_run} | "
                      f"{s.cases_per_second():.2f} | {s.skipped or len(s.findings)} |")
     lines += ["", "## Worst error/bound ratio per component (1.0 = at the bound)", "",
               "| backend | " + " | ".join(COMPONENTS) + " |", "|---" * (len(COMPONENTS) + 1) + "|"]
@@ -92,9 +105,12 @@ def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
     for s in all_stats:
         for sig, f in s.findings.items():
             lines += ["", f"### {s.name}: {f.result.kind} ({', '.join(f.result.failing_components()) or '-'})",
-                      f"- case: `{f.result.params.short()}`", f"- found after {f.detected_after_s:.1f} s",
+                      f"- case: `{f.result.params.short()}`", f"- found after {f.detected_after_s:.1f} s; "
+                      f"cases that hit it: {f.hits}",
                       f"- {f.result.message[:400]}", f"- replay: `mhc-fuzz replay {f.path}`"]
-    plot = _plot(out_dir, all_stats)
+    # an interrupted run must exit promptly (a CI runner kills it a few seconds after SIGTERM):
+    # no plot, whose matplotlib import and drawing take seconds
+    plot = None if meta.get("interrupted") else _plot(out_dir, all_stats)
     if plot:
         lines += ["", "## Distribution of error/bound ratios", "", f"![ratios]({plot.name})"]
     page = out_dir / "summary.md"
@@ -102,7 +118,7 @@ def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
     return page
 
 
-def _plot(out_dir: Path, all_stats):
+def _plot(out_dir: Path, all_stats, filename: str = "ratios.png"):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -123,7 +139,7 @@ def _plot(out_dir: Path, all_stats):
         ax.set_ylabel("ratio")
         ax.legend(loc="upper right")
     fig.tight_layout()
-    path = out_dir / "ratios.png"
+    path = out_dir / filename
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

@@ -26,14 +26,14 @@ def test_run_golden_on_cpu_writes_summaries(tmp_path):
     stale = tmp_path / "reports" / "golden" / ".0badc0de.json.k1ll3d.tmp"   # debris of a killed run
     stale.parent.mkdir(parents=True)
     stale.write_text('{"schema": ')
-    r = cli("run", "--backend", "golden", "--budget", "12s", "--profile", "ci", "--out", out,
+    r = cli("run", "--backend", "golden", "--budget", "300s", "--max-cases", "12", "--profile", "ci", "--out", out,
             "--reports", tmp_path / "reports", "--db", tmp_path / "db")
     assert r.returncode == 0, r.stdout + r.stderr
     assert not stale.exists() and "removed 1 unfinished report file(s)" in r.stdout
     assert "no CUDA device: running on the CPU" in r.stdout or "cuda" in r.stdout
     doc = json.loads((out / "summary.json").read_text())
     (golden,) = doc["backends"]
-    assert golden["cases"] > 10 and golden["failed"] == 0 and not doc["failed"]
+    assert golden["cases"] == 12 and golden["failed"] == 0 and not doc["failed"]
     assert set(golden["worst_ratio"]) >= {"dx", "dphi", "dalpha", "dbias", "dgamma"}
     suite = ET.parse(out / "junit.xml").getroot()
     assert suite.find("testsuite").get("failures") == "0"
@@ -157,7 +157,8 @@ def _warm_up_run(tmp_path, *extra, fail=False):
     env = dict(ENV, MHC_WARM_UP_MARK=str(tmp_path / "mark"), MHC_WARM_UP_FAIL="1" if fail else "0")
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "fuzz.cli", "run", "--plugin", "tests.warm_up_probe:backend",
-                        "--backend", "warm_up_probe", "--budget", "4s", "--profile", "ci", "--device", "cpu",
+                        "--backend", "warm_up_probe", "--budget", "300s", "--max-cases", "3", "--profile", "ci",
+                        "--device", "cpu",
                         "--out", out, "--reports", tmp_path / "reports", "--db", "none", *extra],
                        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     doc = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else None
@@ -168,9 +169,10 @@ def test_warm_up_runs_once_before_the_cases_and_is_reported(tmp_path):
     r, doc, out = _warm_up_run(tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     (probe,) = doc["backends"]
-    assert probe["cases"] > 0 and probe["failed"] == 0          # every case saw the warm-up's file
-    assert doc["warm_up"]["warm_up_probe"]["prepared"] == 3 and doc["warm_up"]["warm_up_probe"]["seconds"] >= 0
-    assert "warm-up warm_up_probe" in r.stdout
+    assert probe["cases"] == 3 and probe["failed"] == 0          # every case saw the warm-up's file
+    st = doc["warm_up"]["warm_up_probe"]
+    assert st["prepared"] == 3 and isinstance(st["seconds"], float)
+    assert f"warm-up warm_up_probe: {st['seconds']:.1f} s (prepared 3)" in r.stdout.splitlines()
     assert "warm_up_probe: warm-up before the budget, seconds" in (out / "summary.md").read_text()
 
 
@@ -184,7 +186,7 @@ def test_a_failing_warm_up_is_reported_and_the_run_goes_on(tmp_path):
     r, doc, _ = _warm_up_run(tmp_path, fail=True)
     assert "warm-up of warm_up_probe failed" in r.stdout and "toolchain missing" in r.stdout
     assert doc["warm_up"]["warm_up_probe"]["error"] == "RuntimeError: toolchain missing"
-    assert doc["backends"][0]["cases"] > 0                       # the run went on (and its cases failed)
+    assert doc["backends"][0]["cases"] == 3                      # the run went on (and its cases failed)
 
 
 def test_sharded_run_warms_up_once_in_the_parent(tmp_path):
@@ -192,4 +194,4 @@ def test_sharded_run_warms_up_once_in_the_parent(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("warm-up warm_up_probe") == 1
     assert doc["warm_up"]["warm_up_probe"]["prepared"] == 3
-    assert doc["backends"][0]["cases"] > 0 and not doc["failed"]
+    assert doc["backends"][0]["cases"] == 6 and not doc["failed"]     # 3 per shard, each prepared

@@ -55,11 +55,16 @@ def test_backends_in_a_ci_log_and_as_json(tmp_path, capsys, monkeypatch):
 
 
 def test_kill_table_fits_80_columns():
-    from fuzz.mutants import _table
-    row = {"mutant": "last_token_block_skipped", "killed": True, "kinds": ["tolerance"], "expected_kind": "tolerance",
-           "expected_kind_found": True, "seconds_to_first_failure": 1.25, "cases": 17,
-           "minimized_case": "B=1 S=65 n=1 D=1 bf16 seed=0 layout=contiguous", "minimized_elements": 65}
-    out = _render(_table([row], "cpu"), 80)
+    import tests.mutants as M
+    from fuzz.check import CaseResult
+    from fuzz.engine import Finding
+    from fuzz.cases import CaseParams
+    from fuzz.mutants import _row, _table
+    stats = BackendStats("last_token_block_skipped", "cpu", cases=17)
+    res = CaseResult(stats.name, CaseParams(1, 65, 1, 1), "cpu", "fail", "tolerance", [], "x")
+    stats.findings[res.signature()] = Finding(res, None, 1.5)
+    out = _render(_table([_row(M.LastTokenBlockSkipped, stats)], "cpu"), 80)
     flat = " ".join(out.split())
     assert max(map(len, out.splitlines())) <= 80 and "…" not in out
     assert "last_token_block_skipped killed" in flat and "minimized case: B=1 S=65 n=1 D=1" in flat
+    assert "first failure: 1.5 s" in flat and "cases: 17" in flat
