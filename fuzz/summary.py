@@ -79,6 +79,15 @@ def format_stats(stats: dict) -> str:
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
 
 
+def _replay_line(report_path) -> str:
+    """The report's own replay line (with the --plugin its backend needs), as it runs."""
+    from fuzz.reports import ReportError, load_report
+    try:
+        return load_report(report_path)["replay"]
+    except (ReportError, TypeError):
+        return f"mhc-fuzz replay {report_path}"
+
+
 def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
     """summary.md with the table and, where matplotlib is installed, a plot of error/bound ratios."""
     lines = ["# mhc-fuzz run" + (" (INTERRUPTED)" if meta.get("interrupted") else ""), ""]
@@ -107,7 +116,7 @@ def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
             lines += ["", f"### {s.name}: {f.result.kind} ({', '.join(f.result.failing_components()) or '-'})",
                       f"- case: `{f.result.params.short()}`", f"- found after {f.detected_after_s:.1f} s; "
                       f"cases that hit it: {f.hits}",
-                      f"- {f.result.message[:400]}", f"- replay: `mhc-fuzz replay {f.path}`"]
+                      f"- {f.result.message[:400]}", f"- replay: `{_replay_line(f.path)}`"]
     # an interrupted run must exit promptly (a CI runner kills it a few seconds after SIGTERM):
     # no plot, whose matplotlib import and drawing take seconds
     plot = None if meta.get("interrupted") else _plot(out_dir, all_stats)

@@ -59,6 +59,7 @@ def test_run_finds_mutant_then_replay_fails_until_fixed(tmp_path):
     # the one-line replay command in the report runs as written (a fresh shell at the repository
     # root, the installed command), loads only the plugin of its backend, and still fails
     assert rep["plugins"] == ["tests.mutants:stream0_only"]
+    assert f"- replay: `{rep['replay']}`" in (tmp_path / "out" / "summary.md").read_text()   # the same line
     r2 = run_line(rep["replay"], tmp_path)
     assert r2.returncode == 1 and "FAIL (tolerance)" in r2.stdout and "dx" in r2.stdout, r2.stdout + r2.stderr
     # "fixed": the same case against the correct implementation passes
