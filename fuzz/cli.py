@@ -3,6 +3,8 @@
   mhc-fuzz backends                      what is registered, and whether it can run here
   mhc-fuzz run --backend all --budget 10m   fuzz, write reports, summary, JUnit
   mhc-fuzz replay reports/<b>/<id>.json  rerun a report; exit 1 while it still fails
+  mhc-fuzz check tensors.safetensors     judge backends on saved tensors (fuzz/given.py)
+  mhc-fuzz reduce reports/<b>/<id>.json  shrink a failing case to a small tensor-backed report
 
 Errors in what the harness is given (files, flags, plugins) print one line and exit 2;
 --debug shows the traceback."""
@@ -25,13 +27,21 @@ from fuzz.plan import prepare_device_env as _prepare_cpu_env
 
 # ------------------------------------------------------------------ backends
 def cmd_backends(args, console) -> int:
-    from rich.table import Table
+    from fuzz.tables import FitTable
     from impls.registry import unavailable_reason
     _prepare_cpu_env("cpu" if not _cuda() else "cuda")
     reg = _registry(args.plugin, console, quiet=True)
-    t = Table(title="registered backends")
-    for col in ("backend", "source", "status", "devices", "x dtypes", "n", "D", "max T", "deterministic", "GEMM"):
-        t.add_column(col)
+    if args.json:
+        doc = {"backends": [{"name": n, "source": reg.sources[n], "unavailable": unavailable_reason(b),
+                             "capabilities": b.capabilities.describe()} for n, b in reg.backends.items()],
+               "errors": reg.errors}
+        text = json.dumps(doc, indent=2) + "\n"
+        if args.json == "-":            # --json alone: the list on stdout, nothing else there
+            sys.stdout.write(text)
+            return EXIT_OK
+        Path(args.json).write_text(text)
+    t = FitTable("registered backends", ("backend", "source", "status", "devices", "x dtypes", "n", "D", "max T",
+                                         "deterministic", "GEMM"), keep=3)
     for name, b in reg.backends.items():
         c = b.capabilities
         why = unavailable_reason(b)
@@ -45,11 +55,6 @@ def cmd_backends(args, console) -> int:
     console.print(t)
     for source, msg in reg.errors.items():
         console.print(f"[red]error:[/] {msg}")
-    if args.json:
-        doc = {"backends": [{"name": n, "source": reg.sources[n], "unavailable": unavailable_reason(b),
-                             "capabilities": b.capabilities.describe()} for n, b in reg.backends.items()],
-               "errors": reg.errors}
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     return EXIT_OK
 
 
@@ -61,60 +66,10 @@ def cmd_run(args, console) -> int:
 
 # ------------------------------------------------------------------ replay
 def cmd_replay(args, console) -> int:
-    from fuzz.reports import ReportError, load_report
-    from fuzz.cases import CaseParams
-    from fuzz.check import backend_can_run, run_case
-    from fuzz import tolerances as tolmod
     if args.sanitize:
         return _replay_sanitized(args, console)
-    worst = EXIT_OK
-    for path in args.reports:
-        try:
-            rep = load_report(path)
-        except ReportError as exc:
-            raise HarnessError(str(exc)) from None
-        device = args.device or rep["device"]
-        if device == "cuda" and not _cuda():
-            raise HarnessError(f"{path}: the report ran on cuda and no CUDA device is visible (use --device cpu)")
-        _prepare_cpu_env(device)
-        reg = _registry(list(rep.get("plugins") or []) + list(args.plugin), console)
-        name = args.backend or rep["backend"]
-        if name not in reg.backends:
-            raise HarnessError(f"{path}: backend {name!r} is not registered here (plugins: {rep.get('plugins')})")
-        b = reg.get(name)
-        why = backend_can_run(b, device)
-        if why:
-            raise HarnessError(f"{path}: backend {name} cannot run on {device}: {why}")
-        params = CaseParams.from_dict(rep["params"])
-        if args.isolate:
-            from fuzz.executor import SubprocessExecutor
-            ex = SubprocessExecutor(list(rep.get("plugins") or []) + list(args.plugin), device, args.tolerances,
-                                    args.case_timeout)
-            res = ex.run(name, params)
-            ex.close()
-        else:
-            res = run_case(b, params, device, tolmod.load(args.tolerances))
-        _print_result(console, path, res)
-        if res.failed:
-            worst = EXIT_FOUND
-    return worst
-
-
-def _print_result(console, path, res):
-    from rich.table import Table
-    t = Table(title=f"{path}: {res.backend} on {res.device}: {res.params.short()}")
-    for col in ("component", "verdict", "max |err|", "bound at worst", "worst err/bound", "at index", "NaN/Inf mism."):
-        t.add_column(col)
-    for v in res.verdicts:
-        t.add_row(v.component, "[green]pass[/]" if v.passed else "[red]FAIL[/]", f"{v.max_abs_err:.3g}",
-                  f"{v.bound_at_worst:.3g}", f"{v.worst_ratio:.3g}", str(list(v.worst_index)),
-                  str(v.nonfinite_mismatches) if not v.problem else v.problem)
-    console.print(t)
-    tag = {"pass": "[green]PASS[/]", "refused": "[green]REFUSED (as declared)[/]"}.get(res.status, f"[red]FAIL ({res.kind})[/]")
-    console.print(f"{tag} {res.message}")
-
-
-SANITIZERS = ("memcheck", "initcheck", "racecheck", "synccheck")
+    from fuzz import replay
+    return replay.run(args, console)
 
 
 def _replay_sanitized(args, console) -> int:
@@ -127,13 +82,16 @@ def _replay_sanitized(args, console) -> int:
     tool = shutil.which("compute-sanitizer")
     if not tool:
         raise HarnessError("--sanitize: compute-sanitizer is not on PATH (it ships with the CUDA toolkit)")
-    replay = [sys.executable, "-m", "fuzz.cli", "replay", *args.reports, "--device", args.device or "cuda"]
+    # --in-process: the kernels must run in the process the sanitizer watches
+    replay = [sys.executable, "-m", "fuzz.cli", "replay", *args.reports, "--device", args.device or "cuda",
+              "--in-process"]
     for p in args.plugin:
         replay += ["--plugin", p]
     if args.backend:
         replay += ["--backend", args.backend]
     env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1", MHC_FUZZ_POISON="off")
     runs = [("no sanitizer", replay)] if args.sanitize == "all" else []
+    from fuzz.replay import SANITIZERS
     runs += [(t, [tool, "--tool", t, "--error-exitcode", "3", *replay])
              for t in (SANITIZERS if args.sanitize == "all" else (args.sanitize,))]
     worst, times = EXIT_OK, []
@@ -165,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("backends", help="list registered backends and their capabilities")
     common(b)
-    b.add_argument("--json", help="also write the list as JSON")
+    b.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="the list as JSON: on stdout (alone), or written to FILE besides the table")
 
     r = sub.add_parser("run", help="fuzz backends within a time budget")
     common(r)
@@ -192,17 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("replay", help="rerun report(s); exit 1 while any still fails")
     common(rp)
-    rp.add_argument("reports", nargs="+")
-    rp.add_argument("--backend", help="replay against another backend than the report's")
-    rp.add_argument("--device", choices=("cuda", "cpu"))
-    rp.add_argument("--isolate", action="store_true", help="run in a worker process (survives crashes)")
-    rp.add_argument("--case-timeout", type=float, default=300.0)
-    rp.add_argument("--sanitize", nargs="?", const="memcheck", choices=SANITIZERS + ("all",), metavar="TOOL",
-                    help="rerun under compute-sanitizer: memcheck (default), initcheck, racecheck, synccheck or all")
+    from fuzz import given, mutants, onboard, reduce, replay
+    replay.add_arguments(rp)
 
-    from fuzz import mutants, onboard
     mutants.add_parser(sub, common)
     onboard.add_parser(sub, common)
+    given.add_parser(sub, common)
+    reduce.add_parser(sub, common)
     return p
 
 
@@ -216,8 +171,18 @@ def cmd_onboard(args, console) -> int:
     return onboard.run(args, console)
 
 
+def cmd_check(args, console) -> int:
+    from fuzz import given
+    return given.run(args, console)
+
+
+def cmd_reduce(args, console) -> int:
+    from fuzz import reduce
+    return reduce.run(args, console)
+
+
 COMMANDS = {"backends": cmd_backends, "run": cmd_run, "replay": cmd_replay, "mutants": cmd_mutants,
-            "onboard": cmd_onboard}
+            "onboard": cmd_onboard, "check": cmd_check, "reduce": cmd_reduce}
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,11 @@ as a CRASH or TIMEOUT failure, so the run goes on.
 A case still running at the run's deadline, or when the run is stopped (fuzz/stop.py), is
 ended by killing the worker and returned as not run: neither a pass nor a failure. The
 worker ignores SIGINT and SIGTERM, so a signal sent to the whole process group stops the run
-through the parent, and never looks like a crash of the backend."""
+through the parent, and never looks like a crash of the backend.
+
+run(name, params, tensors=PATH) runs the tensors stored in a file (given tensors, a reduced
+report; `params` describes them) instead of generating the case, judged against the truth
+of their saved activations (fuzz/given.py)."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -19,7 +23,7 @@ import time
 from fuzz import stop
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams
-from fuzz.check import CaseResult, run_case
+from fuzz.check import CaseResult, run_case, run_inputs
 from fuzz.kinds import FailureKind
 from impls.registry import default_registry
 
@@ -29,6 +33,22 @@ POLL_S = 0.1          # how often a wait looks at the deadline and the stop flag
 
 class WorkerStartError(RuntimeError):
     """The worker process could not start: a harness problem, not a finding about a backend."""
+
+
+class CaseLoadError(RuntimeError):
+    """A case's tensors file could not be loaded (it changed or vanished since it was checked)."""
+
+
+def _run_one(backend, params: CaseParams, device, tolerances, tensors=None, **options) -> CaseResult:
+    if tensors is None:
+        return run_case(backend, params, device, tolerances, **options)
+    from fuzz.given import GivenTensorsError, inputs_from_file
+    from fuzz.truth import truth_from_saved
+    try:
+        inp = inputs_from_file(tensors, device, params)
+    except (GivenTensorsError, OSError) as exc:
+        raise CaseLoadError(str(exc)) from None
+    return run_inputs(backend, inp, device, tolerances, truth_of=truth_from_saved, **options)
 
 
 class InProcessExecutor:
@@ -45,7 +65,7 @@ class InProcessExecutor:
         # in this process a running case cannot be stopped: the deadline is only checked before it
         if (deadline is not None and time.monotonic() >= deadline) or stop.requested():
             return not_run(backend_name, params, self.device, "the run's deadline had passed")
-        return run_case(self.registry.get(backend_name), params, self.device, self.tolerances, **options)
+        return _run_one(self.registry.get(backend_name), params, self.device, self.tolerances, **options)
 
     def close(self):
         pass
@@ -63,7 +83,11 @@ def _worker_main(conn, plugins, device, tolerances_path, env):
         if msg is None:
             return
         name, params, options = msg
-        result = run_case(registry.get(name), CaseParams.from_dict(params), device, tolerances, **options)
+        try:
+            result = _run_one(registry.get(name), CaseParams.from_dict(params), device, tolerances, **options)
+        except CaseLoadError as exc:
+            conn.send(("load-error", str(exc)))
+            continue
         conn.send(("result", result.to_dict()))
 
 
@@ -154,7 +178,9 @@ class SubprocessExecutor:
             self._conn.send((backend_name, params.to_dict(), options))
             waited = _wait(self._conn, left)
             if waited == "ready":
-                _, payload = self._conn.recv()
+                what, payload = self._conn.recv()
+                if what == "load-error":
+                    raise CaseLoadError(payload)
                 return CaseResult.from_dict(payload)
             if waited == "stopped" or left < self.case_timeout_s:
                 self._kill()    # not the backend's fault: the run ends; the next run starts a new worker

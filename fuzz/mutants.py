@@ -13,9 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from rich.table import Table
-
 from fuzz.errors import HarnessError
+from fuzz.tables import FitTable
 
 
 def add_parser(sub, common):
@@ -137,10 +136,9 @@ def _row(cls, stats) -> dict:
     }
 
 
-def _table(rows, device) -> Table:
-    t = Table(title=f"mutant kill table ({device})")
-    for col in ("mutant", "verdict", "kind found (expected)", "first failure", "cases", "minimized case", "elements"):
-        t.add_column(col)
+def _table(rows, device) -> FitTable:
+    t = FitTable(f"mutant kill table ({device})", ("mutant", "verdict", "kind found (expected)", "first failure",
+                                                   "cases", "minimized case", "elements"), keep=2)
     for r in rows:
         verdict = ("[yellow]skipped[/]" if r["skipped"] else "[green]killed[/]" if r["killed"]
                    else "[red]SURVIVED[/]")

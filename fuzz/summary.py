@@ -6,10 +6,9 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from rich.table import Table
-
 from fuzz import discrimination
 from fuzz.engine import COMPONENTS
+from fuzz.tables import FitTable
 
 
 def _fmt_ratio(r):
@@ -24,10 +23,11 @@ def _fmt_share(d):
     return f"{100 * d['share']:.0f}%" + (" **flagged**" if not d["discriminating"] else "")
 
 
-def table(all_stats, interrupted: bool = False) -> Table:
-    t = Table(title="mhc-fuzz summary" + (" (INTERRUPTED: partial)" if interrupted else ""), show_lines=False)
-    for col in ("backend", "device", "cases", "passed", "failed", "refused", "cases/s", "worst ratio", "findings"):
-        t.add_column(col, justify="right" if col not in ("backend", "device", "worst ratio", "findings") else "left")
+def table(all_stats, interrupted: bool = False) -> FitTable:
+    """The run's summary: a table in a terminal, a narrow layout in an 80-column CI log."""
+    t = FitTable("mhc-fuzz summary" + (" (INTERRUPTED: partial)" if interrupted else ""),
+                 ("backend", "device", "cases", "passed", "failed", "refused", "cases/s", "worst ratio", "findings"),
+                 keep=2, right=("cases", "passed", "failed", "refused", "cases/s"))
     for s in all_stats:
         if s.skipped:
             t.add_row(s.name, s.device, "-", "-", "-", "-", "-", f"skipped: {s.skipped}", "")
@@ -95,6 +95,15 @@ def format_stats(stats: dict) -> str:
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
 
 
+def _replay_line(report_path) -> str:
+    """The report's own replay line (with the --plugin its backend needs), as it runs."""
+    from fuzz.reports import ReportError, load_report
+    try:
+        return load_report(report_path)["replay"]
+    except (ReportError, TypeError):
+        return f"mhc-fuzz replay {report_path}"
+
+
 def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
     """summary.md with the table and, where matplotlib is installed, a plot of error/bound ratios."""
     lines = ["# mhc-fuzz run" + (" (INTERRUPTED)" if meta.get("interrupted") else ""), ""]
@@ -130,7 +139,7 @@ def write_page(out_dir: Path, all_stats, meta: dict) -> Path:
             lines += ["", f"### {s.name}: {f.result.kind} ({', '.join(f.result.failing_components()) or '-'})",
                       f"- case: `{f.result.params.short()}`", f"- found after {f.detected_after_s:.1f} s; "
                       f"cases that hit it: {f.hits}",
-                      f"- {f.result.message[:400]}", f"- replay: `mhc-fuzz replay {f.path}`"]
+                      f"- {f.result.message[:400]}", f"- replay: `{_replay_line(f.path)}`"]
     # an interrupted run must exit promptly (a CI runner kills it a few seconds after SIGTERM):
     # no plot, whose matplotlib import and drawing take seconds
     plot = None if meta.get("interrupted") else _plot(out_dir, all_stats)

@@ -41,6 +41,9 @@ BUILTIN_TARGETS = (
 from impls.schema import BACKWARD_OUTPUTS, DTYPE_NAMES, DTYPES, FORWARD_OUTPUTS, X_DTYPES  # noqa: E402,F401
 # Input precision of matrix products a backend may declare (rounding of the GEMM operands).
 GEMM_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+# What dgamma is for a call without gamma (docs/SPEC.md): "grad", the gradient with respect to
+# the implicit all-ones gamma (the SPEC's convention, golden's); "zeros", exactly zero; "none", None.
+DGAMMA_WITHOUT_GAMMA = ("grad", "zeros", "none")
 DEVICES = ("cpu", "cuda")
 
 
@@ -67,6 +70,7 @@ class Capabilities:
     # {"default": p, "<output>": p, "<output>:<x dtype>": p} (most specific key wins)
     gemm_precision: str | dict = "fp32"
     has_forward: bool = False
+    dgamma_without_gamma: str = "grad"            # one of DGAMMA_WITHOUT_GAMMA
     notes: str = ""
 
     def __post_init__(self):
@@ -85,6 +89,9 @@ class Capabilities:
             if v is not None and (not isinstance(v, int) or v < 1):
                 problems.append(f"{key} must be None or a positive int, got {v!r}")
         problems += _gemm_precision_problems(self.gemm_precision)
+        if self.dgamma_without_gamma not in DGAMMA_WITHOUT_GAMMA:
+            problems.append(f"dgamma_without_gamma must be one of {DGAMMA_WITHOUT_GAMMA}, "
+                            f"got {self.dgamma_without_gamma!r}")
         if problems:
             raise BackendContractError("invalid capabilities: " + "; ".join(problems))
 

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from conftest import ROOT
+from verbatim import run_line
 from fuzz.reports import iter_reports, load_report, sweep_reports_dir
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
@@ -55,10 +56,12 @@ def test_run_finds_mutant_then_replay_fails_until_fixed(tmp_path):
     rep = reps[path]
     junit = ET.parse(tmp_path / "out" / "junit.xml").getroot()
     assert junit.find("testsuite").get("failures") == str(len(paths))
-    # the one-line replay command in the report works and still fails
-    replay = rep["replay"].split()[2:]
-    r2 = cli("replay", *replay)
-    assert r2.returncode == 1 and "FAIL" in r2.stdout and "dx" in r2.stdout
+    # the one-line replay command in the report runs as written (a fresh shell at the repository
+    # root, the installed command), loads only the plugin of its backend, and still fails
+    assert rep["plugins"] == ["tests.mutants:stream0_only"]
+    assert f"- replay: `{rep['replay']}`" in (tmp_path / "out" / "summary.md").read_text()   # the same line
+    r2 = run_line(rep["replay"], tmp_path)
+    assert r2.returncode == 1 and "FAIL (tolerance)" in r2.stdout and "dx" in r2.stdout, r2.stdout + r2.stderr
     # "fixed": the same case against the correct implementation passes
     r3 = cli("replay", path, "--backend", "golden")
     assert r3.returncode == 0, r3.stdout

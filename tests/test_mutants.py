@@ -65,3 +65,27 @@ def test_every_mutant_is_killed_with_its_expected_kind(tmp_path, scope):
     # killed fast: within a few dozen cases (the seconds depend on the machine, the cases do not)
     slow = [(row["mutant"], row["cases_to_first_failure"]) for row in rows if row["cases_to_first_failure"] > 60]
     assert not slow, slow
+    _replays_give_the_same_verdicts(rows, tmp_path)
+
+
+# their bugs show on a random half of the calls: a replay may pass
+RANDOM = {"racy_double_count", "nondeterministic"}
+
+
+def _replays_give_the_same_verdicts(rows, tmp_path):
+    """Every report replays (in a worker: the segfault and the hang included) with the kind of
+    the run that found it; a report carries only its own mutant's plugin, and its replay line
+    runs as written in a fresh shell at the repository root."""
+    from fuzz.reports import load_report
+    from verbatim import run_line
+    reps = {row["mutant"]: load_report(row["report"]) for row in rows}
+    assert all(rep["plugins"] == [f"tests.mutants:{m}"] for m, rep in reps.items()), reps
+    paths = [row["report"] for row in rows if row["mutant"] not in RANDOM]
+    line = "mhc-fuzz replay " + " ".join(paths) + "".join(f" --plugin tests.mutants:{row['mutant']}" for row in rows)
+    r = run_line(line, tmp_path)
+    verdicts = [ln.split()[1].strip("()") for ln in r.stdout.splitlines() if ln.startswith("FAIL (")]
+    expected = [load_report(p)["kind"] for p in paths]
+    assert verdicts == expected and r.returncode == 1, r.stdout[-3000:] + r.stderr
+    crash = reps["segfaults"]
+    r = run_line(crash["replay"], tmp_path)                        # exactly as the report writes it
+    assert r.returncode == 1 and "FAIL (crash)" in r.stdout, r.stdout + r.stderr

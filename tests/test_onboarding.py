@@ -13,6 +13,8 @@ import pytest
 
 from conftest import ROOT
 from fuzz.onboard import CHECKS
+from fuzz.reports import iter_reports, load_report
+from verbatim import run_line
 
 ENV = dict(os.environ, COLUMNS="200", TRITON_INTERPRET="1")
 
@@ -61,6 +63,10 @@ def test_onboard_fails_a_buggy_backend_with_the_right_lines(tmp_path):
     assert r.returncode == 1
     failed = {c["check"] for c in doc["checks"] if not c["ok"]}
     assert "refuses unsupported inputs" in failed and "stays within its claims" in failed
+    # the short fuzz's report replays as written, from the repository root in a fresh shell
+    rep = load_report(iter_reports(tmp_path / "rep")[0])
+    r = run_line(rep["replay"], tmp_path)
+    assert r.returncode == 1 and f"FAIL ({rep['kind']})" in r.stdout, r.stdout + r.stderr
 
 
 def test_onboard_of_a_broken_target_fails_on_the_contract(tmp_path):

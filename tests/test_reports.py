@@ -215,7 +215,8 @@ def test_report_fields(tmp_path):
         "failing_components": ["dphi", "dx"], "message": "bad", "params": res.params.to_dict(), "device": "cpu",
         "verdicts": [v.to_dict() for v in res.verdicts], "worst_ratio": 10.0, "detected_after_s": 1.5,
         "environment": {"e": 1}, "plugins": ["pkg.mod:a", "pkg.mod:b"],
-        "replay": "mhc-fuzz replay {path} --plugin pkg.mod:a --plugin pkg.mod:b", "expected_failure": None}
+        "replay": "mhc-fuzz replay {path} --plugin pkg.mod:a --plugin pkg.mod:b", "case_timeout_s": None,
+        "expected_failure": None}
     found = dt.datetime.fromisoformat(rep["found_at"])
     assert found.tzinfo is not None and abs(dt.datetime.now(dt.timezone.utc) - found) < dt.timedelta(minutes=5)
     path, written = write_report(rep, tmp_path)
