@@ -32,6 +32,7 @@ from fuzz.cases import CaseParams
 from fuzz.kinds import FailureKind
 
 SCHEMA = 1
+SAMPLE_KIND = "sample"     # a case written to be replayed (fuzz/sample.py), not a failure
 REQUIRED = ("schema", "id", "backend", "signature", "kind", "params", "device", "replay")
 MAX_REPORT_BYTES = 4 << 20          # reports are a few kB; anything bigger is not one
 PLUGIN_TARGET = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*")
@@ -278,7 +279,7 @@ def load_report(path: str | Path) -> dict:
     if not (isinstance(backend, str) and 0 < len(backend) <= 100
             and backend.replace("-", "_").replace(".", "_").isidentifier()):
         raise ReportError(f"{path}: backend must be a backend name, got {_short(backend)}")
-    if doc["kind"] not in {k.value for k in FailureKind}:
+    if doc["kind"] not in {k.value for k in FailureKind} | {SAMPLE_KIND}:
         raise ReportError(f"{path}: kind {_short(doc['kind'])} is not a failure kind "
                           f"({', '.join(k.value for k in FailureKind)})")
     if doc["device"] not in ("cpu", "cuda"):

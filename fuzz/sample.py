@@ -41,6 +41,7 @@ def sample_cases(caps, count: int, limits: Limits = SANITIZER_LIMITS) -> list:
 
 
 def write_sample(backend: str, params: list, out: Path, device: str) -> list:
+    from fuzz.reports import SAMPLE_KIND, SCHEMA
     folder = out / backend
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -48,7 +49,7 @@ def write_sample(backend: str, params: list, out: Path, device: str) -> list:
         d = p.to_dict()
         rid = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
         path = folder / f"{rid}.json"
-        rep = {"schema": 1, "id": rid, "backend": backend, "signature": f"{backend}|sample|{rid}", "kind": "sample",
+        rep = {"schema": SCHEMA, "id": rid, "backend": backend, "signature": f"{backend}|sample|{rid}", "kind": SAMPLE_KIND,
                "failing_components": [], "message": "a fixed sample case (not a failure)", "params": d,
                "device": device, "verdicts": [], "plugins": [], "replay": f"mhc-fuzz replay {path}",
                "expected_failure": None}

@@ -356,7 +356,15 @@ def test_environment_names_the_gpu_of_cuda_runs_only(monkeypatch):
     from fuzz.reports import environment
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU 80GB")
-    monkeypatch.setitem(sys.modules, "tilelang", None)            # not installed: recorded as None
+    from importlib import metadata
+    real_version = metadata.version
+
+    def version(name):                                             # tilelang not installed
+        if name == "tilelang":
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+    monkeypatch.setitem(sys.modules, "tilelang", None)
+    monkeypatch.setattr(metadata, "version", version)              # ... is recorded as None
     env = environment("cuda")
     assert env["gpu"] == "Test GPU 80GB" and env["cuda"] == torch.version.cuda and "cuda" in env
     assert env["tilelang"] is None
