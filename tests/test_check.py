@@ -2,6 +2,7 @@
 misbehaviour reported as its own failure kind, in process (the planted bugs of tests/mutants
 and a few backends written here)."""
 import json
+import re
 import time
 
 import pytest
@@ -72,13 +73,15 @@ def test_a_wrong_output_is_a_tolerance_failure_of_that_output():
     assert res.signature() == "stream0_only|tolerance|dx"
     dx = res.verdicts[0]
     assert res.worst_ratio() == dx.worst_ratio > 1 and dx.worst_index[2] == 1     # stream 1 was dropped
-    assert res.message.startswith(f"dx: worst error/bound {dx.worst_ratio:.3g} at {list(dx.worst_index)} (out 0, ")
+    assert re.fullmatch(rf"dx: worst error/bound {dx.worst_ratio:.3g} at \[0, 0, 1, \d\] \(out 0, truth -?[0-9.]+, "
+                        r"bound [0-9.e-]+\)", res.message), res.message
 
 
 def test_nan_where_the_truth_is_finite_is_nonfinite():
     res = run_case(M.nan_without_eps, CaseParams(1, 3, 2, 4, seed=2, zero_tokens=1), "cpu")
     assert res.failed and res.kind == "nonfinite"
-    assert "NaN/Inf mismatches" in res.message and any(v.nonfinite_mismatches for v in res.verdicts)
+    assert any(v.nonfinite_mismatches for v in res.verdicts)
+    assert re.search(r"\(out nan, truth [^,]+, bound [^,]+, [1-9]\d* NaN/Inf mismatches\)", res.message), res.message
 
 
 def test_nonfinite_wins_over_tolerance_in_another_output():
@@ -89,6 +92,12 @@ def test_nonfinite_wins_over_tolerance_in_another_output():
         return out
     res = run_case(Wrapping(fix), P, "cpu")
     assert res.kind == "nonfinite" and res.failing_components() == ["dgamma", "dphi"]
+
+
+def test_the_message_names_the_first_three_failing_outputs():
+    res = run_case(Wrapping(lambda out, args, calls: [o * 2 for o in out]), P, "cpu")
+    assert res.failing_components() == ["dalpha", "dbias", "dgamma", "dphi", "dx"]
+    assert [part.split(":")[0] for part in res.message.split("; ")] == ["dx", "dphi", "dalpha"]
 
 
 def test_exceptions():
@@ -132,8 +141,17 @@ def test_writes_outside_the_inputs_and_into_them():
 
     def nan_into_x(out, args, calls):           # NaN written over a NaN-free input counts
         args[0].view(-1)[0] = float("nan")
+        args[9].mul_(2)
         return out
-    assert run_case(Wrapping(nan_into_x), P, "cpu").message == "modified its input(s): x"
+    assert run_case(Wrapping(nan_into_x), P, "cpu").message == "modified its input(s): x, dh_post"
+
+    def past_x_and_dh_in(out, args, calls):     # 16 bytes past the end of two inputs
+        for t in (args[0], args[8]):
+            end = (t.storage_offset() + t.numel()) * t.element_size()
+            torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage(), end, (16,), (1,)).fill_(0)
+        return out
+    assert run_case(Wrapping(past_x_and_dh_in), P, "cpu").message == \
+        "wrote outside its buffers: guard regions changed around x (after), dh_in (after)"
 
 
 def test_contract_failures():
@@ -168,6 +186,13 @@ def test_bitwise_determinism_is_checked_when_declared():
     res = run_case(Wrapping(second_differs), P, "cpu")
     assert (res.kind, res.message) == ("nondeterministic",
                                        "declared deterministic, but two runs differ bitwise in dbias")
+
+    def two_differ(out, args, calls):
+        if calls == 2:
+            out[1], out[4] = -out[1], -out[4]
+        return out
+    assert run_case(Wrapping(two_differ), P, "cpu").message == \
+        "declared deterministic, but two runs differ bitwise in dphi, dgamma"
     assert run_case(Wrapping(second_differs), P, "cpu", check_determinism=False).status == "pass"
     assert run_case(Wrapping(second_differs, deterministic=False), P, "cpu").status == "pass"
     assert run_case(Wrapping(second_differs, deterministic=False), P, "cpu", check_determinism=True).kind == \

@@ -171,6 +171,8 @@ def test_an_error_equal_to_its_bound_passes_and_just_above_fails():
     assert v.passed and (v.worst_ratio, v.worst_index, v.max_abs_err) == (1.0, (0,), 1.0)
     v = _verdict([1.125 + 2.0 ** -20], [1.0], [0.125])
     assert not v.passed and v.worst_ratio > 1.0
+    v = _verdict([0.5, 3.0], [0.5, 2.0], [0.25, 0.25])           # an error of exactly 1
+    assert not v.passed and (v.worst_ratio, v.worst_index, v.max_abs_err) == (4.0, (1,), 1.0)
 
 
 def test_zero_bound_allows_only_the_exact_value():
@@ -191,6 +193,7 @@ def test_worst_index_is_the_full_index_and_values_are_taken_there():
 def test_empty_output_passes():
     v = compare("c", torch.zeros(0, 3), torch.zeros(0, 3, dtype=F64), torch.zeros(0, 3, dtype=F64), torch.float32)
     assert v.passed and (v.worst_index, v.worst_ratio, v.max_abs_err, v.nonfinite_mismatches) == ((), 0.0, 0.0, 0)
+    assert v.bound_at_worst == 0.0 and math.isnan(v.out_at_worst) and math.isnan(v.truth_at_worst)
 
 
 def test_special_values_must_match_the_truth_exactly():
@@ -216,10 +219,17 @@ def test_a_mismatch_fails_even_when_every_finite_error_is_inside():
     (65521.0, 0.5, 65504.0, False),      # all of it rounds to Inf: a finite 65504 is wrong
     (65521.0, 20.0, 65504.0, True),      # straddles; 65504 is within 20 of the truth
     (-65519.0, 2.0, -math.inf, True),    # the same on the negative side
+    (65519.0, 1.0, math.inf, True),      # [65518, 65520]: 65520 itself rounds to Inf
 ])
 def test_at_the_overflow_threshold_either_rounding_is_correct(truth, tol, out, passes):
     v = compare("dx", _t([out], torch.float16), _t([truth]), _t([tol]), torch.float16)
     assert v.passed is passes, v
+
+
+def test_a_truth_interval_from_the_threshold_up_is_all_inf():
+    """[65520, 65522] rounds to Inf everywhere: a finite value is a NaN/Inf mismatch (and far off)."""
+    v = compare("dx", _t([65504.0], torch.float16), _t([65521.0]), _t([1.0]), torch.float16)
+    assert not v.passed and v.nonfinite_mismatches == 1
 
 
 def test_contract_problems_name_output_and_expectation():

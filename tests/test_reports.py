@@ -32,8 +32,10 @@ def test_different_signatures_get_different_files(tmp_path):
     a, _ = write_report(build_report(_result(8, comps=("dx",)), env=env), tmp_path)
     b, _ = write_report(build_report(_result(8, comps=("dx", "dphi")), env=env), tmp_path)
     c, _ = write_report(build_report(_result(8, backend="other"), env=env), tmp_path)
-    assert len({a, b, c}) == 3
-    assert len(iter_reports(tmp_path)) == 3
+    assert [load_report(p)["signature"] for p in (a, b, c)] == ["bk|tolerance|dx", "bk|tolerance|dphi,dx",
+                                                               "other|tolerance|dx"]
+    assert (a.parent.name, b.parent.name, c.parent.name) == ("bk", "bk", "other")
+    assert sorted(iter_reports(tmp_path)) == sorted([a, b, c])
 
 
 def test_expected_failure_marker_survives_a_smaller_case(tmp_path):
