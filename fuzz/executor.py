@@ -28,6 +28,7 @@ from fuzz.kinds import FailureKind
 from impls.registry import default_registry
 
 STARTUP_TIMEOUT_S = 300.0
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 POLL_S = 0.1          # how often a wait looks at the deadline and the stop flag
 
 
@@ -75,6 +76,7 @@ def _worker_main(conn, plugins, device, tolerances_path, env):
     os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)   # blocked since its start (see _start)
     registry = default_registry(plugins)
     tolerances = tolmod.load(tolerances_path)
     conn.send(("ready", None))
@@ -136,7 +138,13 @@ class SubprocessExecutor:
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_worker_main, daemon=True,
                                  args=(child, self.plugins, self.device, self.tolerances_path, self.env))
-        self._proc.start()
+        # the worker starts with SIGINT and SIGTERM blocked (the mask survives fork and exec), so a
+        # signal to the whole process group while it imports is held, then dropped by SIG_IGN
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self._proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
         waited = _wait(self._conn, STARTUP_TIMEOUT_S)
         if waited != "ready":

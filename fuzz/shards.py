@@ -19,6 +19,7 @@ from pathlib import Path
 from fuzz import stop
 from fuzz.errors import EXIT_FOUND, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, HarnessError
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 GRACE_S = 30.0        # beyond budget + one case timeout before a shard is stopped by force
 STOP_WAIT_S = 4.0     # a stopped shard writes its statistics within this
 
@@ -86,8 +87,11 @@ def fuzz_sharded(plan, names: list, console):
         stats_path = folder / f"stats-{restarts}.json"
         log = open(plan.out_dir / f"worker-{i}.log", "a")
         left = max(1.0, plan.deadline - time.monotonic())
+        # started with SIGINT/SIGTERM blocked: a signal to the group while it imports must not kill
+        # it (fuzz/stop.py: a shard ignores them, then unblocks; its parent stops it with SIGUSR1)
         proc = subprocess.Popen(_child_argv(plan, names, plan.seed * 1000 + i + 100 * restarts, stats_path, left),
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+                                env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS))
         shards[i] = {"proc": proc, "restarts": restarts, "log": log, "stats": shards.get(i, {}).get("stats", [])
                      + [stats_path]}
 

@@ -37,6 +37,7 @@ def install(shard: bool = False):
         signal.signal(sig, signal.SIG_IGN if shard else _handler)
     if shard:
         signal.signal(signal.SIGUSR1, _handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})   # blocked by the parent
 
 
 @contextlib.contextmanager
