@@ -141,6 +141,17 @@ def _case_workers_running(pid, want) -> bool:
             sid = os.getsid(int(d))
         except (OSError, ProcessLookupError):
             continue
-        if sid == pid and b"multiprocessing" in cmd and b"spawn_main" in cmd:
+        if sid == pid and b"multiprocessing" in cmd and b"spawn_main" in cmd and _ignores_sigterm(d):
             found += 1
     return found >= want
+
+
+def _ignores_sigterm(pid: str) -> bool:
+    """Whether the process has set SIGTERM to be ignored (a case worker past its start-up)."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    except OSError:
+        pass
+    return False
