@@ -103,10 +103,10 @@ class CaseParams:
     def validated(self) -> "CaseParams":
         for k in ("B", "S", "n", "D"):
             v = getattr(self, k)
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"case parameter {k} must be a positive int, got {v!r}")
         if self.x_dtype not in X_DTYPES:
-            raise ValueError(f"x_dtype must be one of {X_DTYPES}, got {self.x_dtype!r}")
+            raise ValueError(f"x_dtype must be {', '.join(X_DTYPES[:-1])} or {X_DTYPES[-1]}, got {self.x_dtype!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if len(self.alpha) != 3:
@@ -124,8 +124,10 @@ class CaseParams:
         for key, allowed in (("grad_mode", GRAD_MODES), ("stream", STREAMS), ("placement", PLACEMENTS)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        if self.calls not in (1, 2) or not isinstance(self.first_call, bool):
+        if isinstance(self.calls, bool) or not isinstance(self.calls, int) or self.calls not in (1, 2) \
+                or not isinstance(self.first_call, bool):
             raise ValueError(f"calls must be 1 or 2 and first_call a bool, got {self.calls!r}, {self.first_call!r}")
+        _check_ranges(self)
         return self
 
     def input_layouts(self) -> dict:
@@ -158,12 +160,10 @@ class CaseParams:
 
 
 def _pairs(value, key) -> tuple:
-    """((name, value), ...) sorted by name, from a dict or a list of pairs (reports store dicts)."""
-    items = value.items() if isinstance(value, dict) else value
-    try:
-        return tuple(sorted((str(k), str(v)) for k, v in items))
-    except (TypeError, ValueError):
-        raise ValueError(f"{key} must map input names to names, got {value!r}") from None
+    """((name, value), ...) sorted by name, from a report's {name: value} of strings."""
+    if not (isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+        raise ValueError(f"{key} must map input names to names, got {value!r}"[:200])
+    return tuple(sorted(value.items()))
 
 
 def _layout_made(name: str, layout: str, p: CaseParams) -> tuple:
@@ -175,6 +175,38 @@ def _layout_made(name: str, layout: str, p: CaseParams) -> tuple:
     return layout_of(t.shape, t.stride(), t.storage_offset() * t.element_size())
 
 
+# Sane bounds on what a case may ask for (a report is data from anywhere): every size fits
+# int64 index arithmetic and every scale a finite float64, so building a case cannot overflow.
+# Whether a case fits a device's memory is a separate check (fuzz/sizes.py).
+MAX_TOKENS_PER_DIM = 1 << 31      # B and S
+MAX_N = 64
+MAX_D = 1 << 20
+MAX_ELEMENTS = 1 << 40            # T*n*D
+MAX_LOG_SCALE = 30.0              # |x_scale|, |phi_scale|, |grad_scale|, |gamma_scale|
+
+
+def _check_ranges(p: "CaseParams"):
+    for k, top in (("B", MAX_TOKENS_PER_DIM), ("S", MAX_TOKENS_PER_DIM), ("n", MAX_N), ("D", MAX_D)):
+        if getattr(p, k) > top:
+            raise ValueError(f"case parameter {k}={getattr(p, k)} is larger than {top}")
+    if p.T * p.n * p.D > MAX_ELEMENTS:
+        raise ValueError(f"case of B*S*n*D = {p.T * p.n * p.D} elements: more than {MAX_ELEMENTS}")
+    reals = {"x_scale": MAX_LOG_SCALE, "phi_scale": MAX_LOG_SCALE, "grad_scale": MAX_LOG_SCALE,
+             "gamma_scale": MAX_LOG_SCALE, "bias_shift": 1e6, "outlier_factor": 1e6}
+    for k, top in reals.items():
+        v = getattr(p, k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= top:
+            raise ValueError(f"case parameter {k} must be a number within +-{top:g}, got {v!r}")
+    if any(isinstance(a, bool) or not isinstance(a, (int, float)) or not abs(a) <= 1e6 for a in p.alpha):
+        raise ValueError(f"alpha must be 3 numbers within +-1e6, got {p.alpha!r}")
+    for k, top in (("seed", 1 << 62), ("zero_tokens", 1 << 24), ("outliers", 1 << 24)):   # picked with repeats
+        v = getattr(p, k)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= top:
+            raise ValueError(f"case parameter {k} must be an int in [0, {top}], got {v!r}")
+    if not isinstance(p.use_gamma, bool):
+        raise ValueError(f"case parameter use_gamma must be true or false, got {p.use_gamma!r}")
+
+
 def _hash32(v: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer mix (xor-shift-multiply); int64 math, products stay below 2^63."""
     v = v & _MASK32
@@ -183,10 +215,11 @@ def _hash32(v: torch.Tensor) -> torch.Tensor:
     return v ^ (v >> 16)
 
 
-def uniform(seed: int, stream: str, shape, device) -> torch.Tensor:
-    """float64 values in [-1, 1), multiples of 2^-23, identical on every device."""
+def uniform(seed: int, stream: str, shape, device, start: int = 0) -> torch.Tensor:
+    """float64 values in [-1, 1), multiples of 2^-23, identical on every device; `start`: the
+    flat index of the first element (a part of a bigger tensor, built piece by piece)."""
     numel = math.prod(shape)
-    idx = torch.arange(numel, dtype=torch.int64, device=device)
+    idx = torch.arange(start, start + numel, dtype=torch.int64, device=device)
     key = _hash32(torch.tensor([(seed * 0x9E3779B1 + _STREAMS[stream] * 0x85EBCA77) & _MASK32],
                                dtype=torch.int64, device=device))
     h = _hash32(_hash32(idx ^ key) + (idx >> 32) + key)
@@ -272,6 +305,9 @@ def _repeated(t: torch.Tensor) -> torch.Tensor:
 def make_inputs(p: CaseParams, device="cpu") -> Inputs:
     """Build a case's tensors on `device` (bit-identical across devices, see module doc)."""
     p = p.validated()
+    from fuzz import chunks
+    if chunks.needed(p):            # too big for float64 copies of x: built token chunk by token chunk
+        return chunks.make_inputs(p, device)
     B, S, n, D, F = p.B, p.S, p.n, p.D, p.F
     dt = TORCH_DTYPE[p.x_dtype]
     f64 = lambda name, shape: uniform(p.seed, name, shape, device)  # noqa: E731
@@ -291,6 +327,21 @@ def make_inputs(p: CaseParams, device="cpu") -> Inputs:
     x = x.clamp(-big, big).to(dt)
     dh_in = dh_in.clamp(-big, big).to(dt)
 
+    given = small_inputs(p, device)
+    with torch.no_grad():
+        g = given["gamma"]
+        _, h_post, _, inv_rms, h_mix, h_pre = mhc_forward(x.double(), given["phi"].double(), given["alpha"].double(),
+                                                          given["bias"].double(), None if g is None else g.double())
+    return laid_out(p, dict(given, x=x, dh_in=dh_in, inv_rms=inv_rms.float(), h_mix=h_mix.float(),
+                            h_pre=h_pre.float(), h_post=h_post.float()))
+
+
+def small_inputs(p: CaseParams, device) -> dict:
+    """phi, alpha, bias, gamma, dh_post and dh_res of case p, each rounded once to its dtype
+    (arg_dtypes; fp32 by default) and, where it is to be expanded, with one slice's values repeated
+    (what the expanded view will show): the values the truth and the saved activations are made of."""
+    B, S, n, D, F = p.B, p.S, p.n, p.D, p.F
+    f64 = lambda name, shape: uniform(p.seed, name, shape, device)  # noqa: E731
     small_dt = {name: DTYPES[dict(p.arg_dtypes).get(name, "fp32")] for name in SMALL_ARGS}
     phi = _rounded(f64("phi", (F, n * D)) * (10.0 ** p.phi_scale / math.sqrt(n * D)), small_dt["phi"])
     alpha = _rounded(torch.tensor(p.alpha, dtype=torch.float64, device=device), small_dt["alpha"])
@@ -305,13 +356,12 @@ def make_inputs(p: CaseParams, device="cpu") -> Inputs:
     for name, lay in p.arg_layouts:    # an expanded input holds one slice's values everywhere
         if lay == "expanded" and given[name] is not None:
             given[name] = _repeated(given[name])
+    return given
 
-    with torch.no_grad():
-        g = given["gamma"]
-        _, h_post, _, inv_rms, h_mix, h_pre = mhc_forward(x.double(), given["phi"].double(), given["alpha"].double(),
-                                                          given["bias"].double(), None if g is None else g.double())
-    tensors = dict(given, x=x, dh_in=dh_in, inv_rms=inv_rms.float(), h_mix=h_mix.float(), h_pre=h_pre.float(),
-                   h_post=h_post.float())
+
+def laid_out(p: CaseParams, tensors: dict) -> Inputs:
+    """The case's Inputs: its twelve tensors (contiguous, by name), each in the memory layout the
+    case gives it (layout for x and dh_in, arg_layouts for the others)."""
     layouts = p.input_layouts()
     for name, t in tensors.items():
         if t is not None and name in layouts:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fuzz import chunks, poison
 from fuzz import compare as cmp
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams, Inputs, make_inputs
@@ -91,6 +92,12 @@ def _judge(outputs, p: CaseParams, device, direction, ref, mags, tols, caps) -> 
     for name, out in zip(names, outputs):
         u_gemm = UNIT_ROUNDOFF[caps.gemm_precision_of(name, p.x_dtype)]
         shape, dtype = specs[name]
+        if name == "dgamma" and not p.use_gamma and caps.dgamma_without_gamma != "grad":
+            v = _dgamma_by_convention(out, caps.dgamma_without_gamma, shape, dtype, device)
+            verdicts.append(v)
+            if not v.passed and not kind:
+                kind = FailureKind.CONTRACT if v.problem else FailureKind.TOLERANCE
+            continue
         problem = cmp.contract_problem(name, out, shape, dtype, device)
         if problem:
             verdicts.append(cmp.contract_verdict(name, problem))
@@ -105,6 +112,32 @@ def _judge(outputs, p: CaseParams, device, direction, ref, mags, tols, caps) -> 
     if kind != FailureKind.CONTRACT and any(v.nonfinite_mismatches for v in verdicts):
         kind = FailureKind.NONFINITE
     return verdicts, kind
+
+
+def _judge_case(c, outputs, direction) -> tuple[list, str]:
+    """_judge on the case's truth; a case too big for one float64 pass is judged token chunk by
+    token chunk (fuzz/chunks.py). Outputs belong on the inputs' device, index included (cuda:1
+    for inputs on cuda:1 while cuda:0 is current)."""
+    device = c.inp.x.device
+    if chunks.needed(c.res.params):
+        return chunks.judge(outputs, c.inp, direction, c.tols, c.caps, device)
+    ref, mags = c.truth()
+    return _judge(outputs, c.res.params, device, direction, ref, mags, c.tols, c.caps)
+
+
+def _dgamma_by_convention(out, convention, shape, dtype, device):
+    """dgamma of a call without gamma, for a backend that declares it returns zeros or None
+    there (Capabilities.dgamma_without_gamma) instead of the gradient of the implicit ones."""
+    if convention == "none":
+        if out is None:
+            return cmp.Verdict("dgamma", True, 0.0, 0.0, 0.0, (), 0)
+        return cmp.contract_verdict("dgamma", "dgamma: declared dgamma_without_gamma='none', but returned "
+                                              f"{type(out).__name__} for a call without gamma, not None")
+    problem = cmp.contract_problem("dgamma", out, shape, dtype, device)
+    if problem:
+        return cmp.contract_verdict("dgamma", problem)
+    zeros = torch.zeros(shape, dtype=torch.float64, device=out.device)
+    return cmp.compare("dgamma", out, zeros, zeros, dtype)      # declared zeros: exactly zero
 
 
 def _verdict_message(verdicts) -> str:
@@ -131,7 +164,8 @@ class CaseRun:
     outputs: object = None
     ref: dict | None = None
     mags: dict | None = None
-    judged: tuple | None = None        # (verdicts, kind) of call 1's outputs, once judged
+    truth_of: object = truth           # inputs -> float64 reference outputs (fuzz/truth.py)
+    judged: tuple | None = None        # (verdicts, kind) of call 1's outputs, once judged (repeated_call)
 
     @property
     def caps(self):
@@ -142,7 +176,7 @@ class CaseRun:
 
     def truth(self):
         if self.ref is None:
-            self.ref, self.mags = truth(self.inp), magnitudes(self.inp)
+            self.ref, self.mags = self.truth_of(self.inp), magnitudes(self.inp)
         return self.ref, self.mags
 
 
@@ -151,6 +185,13 @@ class CaseRun:
 # (c.fail(...), or a refusal). They run in CHECKS order, and the first failure is the case's
 # kind: e.g. the inputs are checked for changes before the outputs are judged, because the
 # truth must be computed from the inputs the backend was given.
+
+def poison_memory(c: CaseRun):
+    """From here on, every call of the backend runs on poisoned memory (fuzz/poison.py): what its
+    outputs are allocated from holds NaN before its first call, a second fill before later ones."""
+    if poison.enabled():
+        c.backend = poison.PoisonedBackend(c.backend, c.res.params, c.res.device)
+
 
 def call_backend(c: CaseRun):
     """The call itself: inside the capabilities it must return, outside them it must refuse."""
@@ -188,25 +229,48 @@ def inputs_unchanged(c: CaseRun):
         c.fail(FailureKind.INPUT_MUTATED, f"modified its input(s): {', '.join(mutated)}")
 
 
+def unwritten_outputs(c: CaseRun):
+    """No output element may still hold the fill its memory had before the call (or be computed
+    from memory nobody wrote): confirmed by one rerun on the second fill, made only then."""
+    if isinstance(c.backend, poison.PoisonedBackend):
+        second = poison.second_word(c.res.device)
+        rerun = lambda: c.backend.call("backward", _fresh(c.inp, c.before), second)  # noqa: E731
+        found = poison.inspect(c.outputs, "backward", c.res.device, rerun)
+        if found:
+            c.fail(*found)
+
+
 def backward_values(c: CaseRun):
-    ref, mags = c.truth()
-    p = c.res.params
-    verdicts, kind = c.judged or _judge(c.outputs, p, c.inp.x.device, "backward", ref, mags, c.tols, c.caps)
+    verdicts, kind = c.judged or _judge_case(c, c.outputs, "backward")
     c.res.verdicts = verdicts
     if kind:
         c.fail(kind, _verdict_message(verdicts))
 
 
+def forward_unwritten(c: CaseRun):
+    """The same for the forward's outputs, on a forward call of its own (forward_values then
+    calls it again, on the second fill)."""
+    if not (isinstance(c.backend, poison.PoisonedBackend) and c.check_forward and c.caps.has_forward):
+        return
+    try:
+        fwd = c.backend.forward(*c.inp.forward_args())
+    except Exception:
+        return                      # forward_values reports it
+    rerun = lambda: c.backend.call("forward", c.inp.forward_args(), poison.second_word(c.res.device))  # noqa: E731
+    found = poison.inspect(fwd, "forward", c.res.device, rerun)
+    if found:
+        c.fail(*found)
+
+
 def forward_values(c: CaseRun):
     if not (c.check_forward and c.caps.has_forward):
         return
-    ref, mags = c.truth()
     try:
         fwd = c.backend.forward(*c.inp.forward_args())
     except Exception as exc:
         c.fail(FailureKind.EXCEPTION, f"forward raised {type(exc).__name__}: {exc}")
         return
-    verdicts, kind = _judge(fwd, c.res.params, c.inp.x.device, "forward", ref, mags, c.tols, c.caps)
+    verdicts, kind = _judge_case(c, fwd, "forward")
     c.res.verdicts += verdicts
     if kind:
         c.fail(kind, _verdict_message(verdicts))
@@ -221,8 +285,7 @@ def repeated_call(c: CaseRun):
     bitwise equal. For one that is not, where two calls may differ by chance, each call must
     be within its bounds. Call 1 wrong is left to backward_values."""
     p = c.res.params
-    ref, mags = c.truth()
-    first, kind1 = c.judged = _judge(c.outputs, p, c.inp.x.device, "backward", ref, mags, c.tols, c.caps)
+    first, kind1 = c.judged = _judge_case(c, c.outputs, "backward")
     if kind1 == FailureKind.CONTRACT or (p.calls == 1 and not (kind1 and c.caps.deterministic)):
         return
     try:
@@ -230,7 +293,12 @@ def repeated_call(c: CaseRun):
     except Exception as exc:
         c.fail(FailureKind.EXCEPTION, f"call 2 on the same inputs raised {type(exc).__name__}: {exc}")
         return
-    second, kind2 = _judge(again, p, c.inp.x.device, "backward", ref, mags, c.tols, c.caps)
+    try:
+        diff = _bitwise_differences(c.outputs, again) if len(again) == len(c.outputs) else None
+    except Exception:               # not tensors where call 1 had them: judged below
+        diff = None
+    # bitwise what call 1 returned: the same verdicts (judged once)
+    second, kind2 = (first, kind1) if diff == [] else _judge_case(c, again, "backward")
     deterministic = c.caps.deterministic
     if kind1 and not kind2 and deterministic:
         c.res.verdicts = first
@@ -241,7 +309,6 @@ def repeated_call(c: CaseRun):
         c.fail(FailureKind.REPEATED_CALL if deterministic else kind2,
                "call 1 within bounds, call 2 on the same inputs out of them: " + _verdict_message(second))
     elif not kind1 and deterministic:
-        diff = [n for n, a, b in zip(BACKWARD_OUTPUTS, c.outputs, again) if not torch.equal(a, b)]
         if diff:
             c.fail(FailureKind.NONDETERMINISTIC,
                    f"declared deterministic, but calls 1 and 2 differ bitwise in {', '.join(diff)}")
@@ -255,13 +322,20 @@ def determinism(c: CaseRun):
     except Exception as exc:
         c.fail(FailureKind.EXCEPTION, f"second run (determinism check) raised {type(exc).__name__}: {exc}")
         return
-    diff = [n for n, a, b in zip(BACKWARD_OUTPUTS, c.outputs, again) if not torch.equal(a, b)]
+    diff = _bitwise_differences(c.outputs, again)
     if diff:
         c.fail(FailureKind.NONDETERMINISTIC,
                f"declared deterministic, but two runs differ bitwise in {', '.join(diff)}")
 
 
-CHECKS = (call_backend, guard_regions, inputs_unchanged, repeated_call, backward_values, forward_values, determinism)
+def _bitwise_differences(outputs, again) -> list:
+    """The backward outputs two calls did not return bitwise equal (None on both sides is equal)."""
+    return [n for n, a, b in zip(BACKWARD_OUTPUTS, outputs, again)
+            if not (a is None and b is None) and (a is None or b is None or not torch.equal(a, b))]
+
+
+CHECKS = (poison_memory, call_backend, guard_regions, inputs_unchanged, unwritten_outputs, repeated_call,
+          backward_values, forward_unwritten, forward_values, determinism)
 
 
 def run_case(backend, params: CaseParams, device: str = "cpu", tolerances=None,
@@ -275,11 +349,14 @@ def run_case(backend, params: CaseParams, device: str = "cpu", tolerances=None,
 
 
 def run_inputs(backend, inp: Inputs, device: str = "cpu", tolerances=None,
-               check_determinism: bool | None = None, check_forward: bool = True) -> CaseResult:
-    """Run every check of CHECKS on `inp` (a case's tensors), in order, until one fails."""
+               check_determinism: bool | None = None, check_forward: bool = True,
+               truth_of=truth) -> CaseResult:
+    """Run every check of CHECKS on `inp` (a case's tensors), in order, until one fails.
+    `truth_of`: fuzz.truth.truth for generated cases, truth_from_saved for given tensors."""
     t0 = time.perf_counter()
     res = CaseResult(backend.name, inp.params, device, "pass")
-    c = CaseRun(backend, res, inp, tolerances or tolmod.load(), check_determinism, check_forward)
+    c = CaseRun(backend, res, inp, tolerances or tolmod.load(), check_determinism, check_forward,
+                truth_of=truth_of)
     for check in CHECKS:
         check(c)
         if res.status != "pass":

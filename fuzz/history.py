@@ -35,10 +35,13 @@ class HistoryTriage:
         self.alone_runs = ALONE_RUNS if deterministic else ALONE_RUNS_NONDETERMINISTIC
         self.options = dict(options or {})
         self.seen = {}             # signature of a failure -> "alone" | "history" | "unreproduced"
+        self.recorded = {}         # signature seen in the worker -> that of the history-dependent finding
 
-    def classify(self, res: CaseResult) -> CaseResult | None:
+    def classify(self, res: CaseResult, deadline: float | None = None) -> CaseResult | None:
         """The failure to record for `res` (the same result, or a history-dependent one with its
-        minimized sequence), or None when it repeats a history-dependent failure already recorded."""
+        minimized sequence), or None when it repeats a history-dependent failure already recorded
+        (self.recorded names it). Its fresh processes end at `deadline` (time.monotonic()): a
+        failure not triaged by then is kept as it was."""
         if not res.failed or res.kind in (FailureKind.CRASH, FailureKind.TIMEOUT) or res.params.first_call:
             return res                 # contained by the executor, or already run in a fresh process
         sig = res.signature()
@@ -49,12 +52,20 @@ class HistoryTriage:
             return res
         history = self.executor.recent_calls()
         name, params = res.backend, res.params
+
+        def run(seq):
+            return self.executor.run_sequence(name, params, seq, deadline=deadline, **self.options)
+
         alone = [(name, params)] * (self.alone_runs - 1)
-        last, earlier = self.executor.run_sequence(name, params, alone, **self.options)
+        last, earlier = run(alone)
+        if last.status == "not-run":
+            return res                 # out of time: not triaged (seen again, it will be)
         if last.failed or any(earlier) or not history:
             self.seen[sig] = "alone"
             return res
-        again, _ = self.executor.run_sequence(name, params, history, **self.options)
+        again, _ = run(history)
+        if again.status == "not-run":
+            return res
         if again.signature() != sig:
             self.seen[sig] = "unreproduced"
             return dataclasses.replace(res, message=res.message + (
@@ -65,8 +76,8 @@ class HistoryTriage:
 
         def fails(seq):
             trials.append(seq)
-            r, _ = self.executor.run_sequence(name, params, seq, **self.options)
-            if r.signature() == sig:
+            r, _ = run(seq)
+            if r.failed and r.signature() == sig:
                 fails.last = r
                 return True
             return False
@@ -74,11 +85,13 @@ class HistoryTriage:
         fails.last = again             # the result of the last sequence that failed: the one kept
         needed = ddmin(history, fails, MAX_TRIALS)
         found = fails.last
-        return dataclasses.replace(
+        found = dataclasses.replace(
             found, kind=FailureKind.HISTORY_DEPENDENT,
             history=[{"backend": b, "params": p.to_dict()} for b, p in needed],
             message=(f"fails after {len(needed)} earlier call(s) in its process (minimized from {len(history)} "
                      f"in {len(trials)} fresh-process trials) and passes alone: {res.kind}: {found.message}"))
+        self.recorded[sig] = found.signature()
+        return found
 
 
 def ddmin(items: list, fails, max_trials: int) -> list:
@@ -112,15 +125,28 @@ def needs_fresh_worker(report: dict) -> bool:
 
 
 def replay_in_fresh_worker(report: dict, backend: str, device: str, plugins=(), tolerances=None,
-                           case_timeout_s: float = 300.0) -> CaseResult:
-    """A report's earlier calls, then its case, in a new worker process (the report's verdict
-    is its case's)."""
+                           case_timeout_s: float = 300.0, tensors: str | None = None) -> CaseResult:
+    """A report's earlier calls, then its case (or its stored `tensors`), in a new worker process.
+    The verdict is its case's; a case that fails after earlier calls fails as history-dependent,
+    the report's kind. `plugins`: the runner's own --plugin options, never the report's
+    (fuzz/reports.py: nothing a report names is imported)."""
+    from fuzz.executor import CaseLoadError
     from fuzz.fresh import FreshProcesses
-    runner = FreshProcesses(plugins, device, tolerances, {}, case_timeout_s, template=False)   # one run: no template
+    runner = FreshProcesses(plugins, device, tolerances, {}, template=False)   # one run: no template
     history = [(h["backend"], CaseParams.from_dict(h["params"])) for h in report.get("history") or []]
     params = CaseParams.from_dict(report["params"])
-    status, payload = runner.run(backend, params, history)
+    status, payload = runner.run(backend, params, history, {} if tensors is None else {"tensors": tensors},
+                                 case_timeout_s)
     if status == "result":
-        return CaseResult.from_dict(payload)
+        res = CaseResult.from_dict(payload)
+        if history and res.failed:
+            res = dataclasses.replace(res, kind=FailureKind.HISTORY_DEPENDENT, history=report["history"],
+                                      message=f"fails after {len(history)} earlier call(s) in a fresh process: "
+                                              f"{res.kind}: {res.message}")
+        return res
+    if status == "load-error":
+        raise CaseLoadError(payload)
+    if status == "not-run":
+        return CaseResult(backend, params, device, "not-run", message=payload)
     kind = FailureKind.TIMEOUT if status == "timeout" else FailureKind.CRASH
     return CaseResult(backend, params, device, "fail", kind, [], payload)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 
 from fuzz.cases import ARG_LAYOUTS, GRAD_MODES, LAYOUTS, CaseParams
+from fuzz.geometry import large_shapes
 from impls.registry import Capabilities
 from impls.schema import DTYPES, SMALL_ARGS, X_DTYPES
 
@@ -26,6 +27,7 @@ class Limits:
     max_elements: int = 1 << 16      # T*n*D
     max_tokens: int = 4096
     max_D: int = 8192
+    large: bool = False              # the large tier: shapes from fuzz/geometry.py, not drawn freely
 
 
 def n_values(caps: Capabilities):
@@ -122,28 +124,49 @@ alphas = st.tuples(*[st.one_of(st.just(1.0), st.sampled_from([0.5, -1.0, 2.0, -0
 bias_shifts = st.one_of(st.just(0.0), st.sampled_from([4.0, -4.0, 12.0, -12.0, 30.0, -30.0]))
 
 
-@st.composite
-def cases(draw, caps: Capabilities, limits: Limits = Limits(), seeds=st.integers(0, 2**31 - 1),
+def cases(caps: Capabilities, limits: Limits = Limits(), seeds=st.integers(0, 2**31 - 1),
           space: ContextSpace = ContextSpace()):
-    B, S, n, D = draw(shapes(caps, limits))
-    x_dtype = draw(st.sampled_from(sorted(caps.x_dtypes, key=lambda d: d != "bf16")))
-    T = B * S
-    x_scale = draw(log_scales())
-    outlier_factor = 64.0
-    if x_dtype == "fp16":   # keep x*outliers finite in fp16 (65504): x_scale + log10(64) < 4.8
-        x_scale = min(x_scale, 3.0)
-    return CaseParams(
-        B=B, S=S, n=n, D=D, x_dtype=x_dtype, seed=draw(seeds),
-        x_scale=x_scale, phi_scale=draw(st.one_of(st.just(0.0), st.sampled_from([-2.0, -1.0, 1.0, 2.0]))),
-        grad_scale=draw(log_scales()), gamma_scale=draw(st.one_of(st.just(0.0), st.sampled_from([-4.0, -2.0, 1.0]))),
-        use_gamma=True if caps.gamma_required else draw(st.booleans().map(lambda b: not b)),
-        alpha=draw(alphas), bias_shift=draw(bias_shifts),
-        zero_tokens=draw(st.one_of(st.just(0), st.integers(1, max(1, T // 2)))),
-        outliers=draw(st.one_of(st.just(0), st.integers(1, 4))), outlier_factor=outlier_factor,
-        layout=draw(st.sampled_from([lay for lay in LAYOUTS
-                                     if lay in caps.layouts_of("x") and lay in caps.layouts_of("dh_in")])),
-        arg_layouts=draw(arg_layouts(caps)), arg_dtypes=draw(arg_dtypes(caps)), **draw(contexts(space)),
-    )
+    """Cases inside `caps` and `limits`, in the contexts `space` can give. The pieces that do not
+    depend on an earlier draw are built once here, not at every draw (building a strategy costs
+    Hypothesis more than drawing from it)."""
+    large = large_shapes(caps, limits) if limits.large else []
+    large_st = st.sampled_from(large) if large else None
+    shape_st = shapes(caps, limits)
+    x_dtype_st = st.sampled_from(sorted(caps.x_dtypes, key=lambda d: d != "bf16"))
+    phi_scale_st = st.one_of(st.just(0.0), st.sampled_from([-2.0, -1.0, 1.0, 2.0]))
+    gamma_scale_st = st.one_of(st.just(0.0), st.sampled_from([-4.0, -2.0, 1.0]))
+    use_gamma_st = st.just(True) if caps.gamma_required else st.booleans().map(lambda b: not b)
+    outliers_st = st.one_of(st.just(0), st.integers(1, 4))
+    layout_st = st.sampled_from([lay for lay in LAYOUTS if lay in caps.layouts_of("x") and lay in caps.layouts_of("dh_in")])
+    arg_layouts_st, arg_dtypes_st, context_st = arg_layouts(caps), arg_dtypes(caps), contexts(space)
+    scales = log_scales()
+
+    @st.composite
+    def one_case(draw):
+        if large:       # index and grid limits crossed (fuzz/geometry.py); shrinks to the first listed
+            B, S, n, D, x_dtype = draw(large_st)
+        else:
+            B, S, n, D = draw(shape_st)
+            x_dtype = draw(x_dtype_st)
+        T = B * S
+        x_scale = draw(scales)
+        outlier_factor = 64.0
+        if x_dtype == "fp16":   # keep x*outliers finite in fp16 (65504): x_scale + log10(64) < 4.8
+            x_scale = min(x_scale, 3.0)
+        return CaseParams(
+            B=B, S=S, n=n, D=D, x_dtype=x_dtype, seed=draw(seeds),
+            x_scale=x_scale, phi_scale=draw(phi_scale_st),
+            grad_scale=draw(scales), gamma_scale=draw(gamma_scale_st),
+            use_gamma=draw(use_gamma_st), alpha=draw(alphas), bias_shift=draw(bias_shifts),
+            # never every token: an all-zero x makes dphi, dgamma, dalpha, h_in, h_mix zero, and a
+            # case whose truth is zero passes an output that was never computed
+            zero_tokens=0 if T < 2 else draw(st.one_of(st.just(0), st.integers(1, T // 2))),
+            outliers=draw(outliers_st), outlier_factor=outlier_factor,
+            layout=draw(layout_st),
+            arg_layouts=draw(arg_layouts_st), arg_dtypes=draw(arg_dtypes_st), **draw(context_st),
+        )
+
+    return one_case()
 
 
 def outside_limits(caps: Capabilities) -> list:

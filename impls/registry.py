@@ -42,6 +42,9 @@ from impls.schema import (BACKWARD_ARGS, BACKWARD_OUTPUTS, DTYPE_NAMES, DTYPES, 
                           FORWARD_OUTPUTS, LAYOUTS, SMALL_ARGS, X_DTYPES, tensor_layout)
 # Input precision of matrix products a backend may declare (rounding of the GEMM operands).
 GEMM_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+# What dgamma is for a call without gamma (docs/SPEC.md): "grad", the gradient with respect to
+# the implicit all-ones gamma (the SPEC's convention, golden's); "zeros", exactly zero; "none", None.
+DGAMMA_WITHOUT_GAMMA = ("grad", "zeros", "none")
 DEVICES = ("cpu", "cuda")
 
 
@@ -68,6 +71,7 @@ class Capabilities:
     # {"default": p, "<output>": p, "<output>:<x dtype>": p} (most specific key wins)
     gemm_precision: str | dict = "fp32"
     has_forward: bool = False
+    dgamma_without_gamma: str = "grad"            # one of DGAMMA_WITHOUT_GAMMA
     notes: str = ""
     # What the other inputs may be. The fuzzer draws inside these declarations and checks that
     # what lies outside them is refused (for the inputs named here, and gamma=None if required).
@@ -97,6 +101,9 @@ class Capabilities:
         problems += _gemm_precision_problems(self.gemm_precision)
         problems += _input_problems(self.input_dtypes, SMALL_ARGS, tuple(DTYPES), "fp32", "input_dtypes")
         problems += _input_problems(self.input_layouts, BACKWARD_ARGS, LAYOUTS, "contiguous", "input_layouts")
+        if self.dgamma_without_gamma not in DGAMMA_WITHOUT_GAMMA:
+            problems.append(f"dgamma_without_gamma must be one of {DGAMMA_WITHOUT_GAMMA}, "
+                            f"got {self.dgamma_without_gamma!r}")
         if problems:
             raise BackendContractError("invalid capabilities: " + "; ".join(problems))
 
@@ -271,6 +278,11 @@ def warm_up(backend) -> dict | None:
 
 def resolve_target(target: str, source: str):
     """Import 'module:attr' and return the backend (calling a factory if needed)."""
+    return resolve_loaded(load_target(target, source), source)
+
+
+def load_target(target: str, source: str):
+    """Import 'module:attr' and return the object it names (an instance or a factory)."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise BackendContractError(f"{source}: plugin target must look like 'module:attr', got {target!r}")
@@ -284,7 +296,7 @@ def resolve_target(target: str, source: str):
             obj = getattr(obj, part)
         except AttributeError as exc:
             raise BackendContractError(f"{source}: {module_name!r} has no attribute {attr!r}") from exc
-    return resolve_loaded(obj, source)
+    return obj
 
 
 @dataclass
@@ -292,22 +304,32 @@ class Registry:
     backends: dict = field(default_factory=dict)   # name -> backend
     sources: dict = field(default_factory=dict)    # name -> where it came from
     errors: dict = field(default_factory=dict)     # source -> message
+    loaded: dict = field(default_factory=dict)     # source -> name of the backend it gave
+    origins: dict = field(default_factory=dict)    # name -> the object its source named
 
-    def register(self, backend, source: str = "direct"):
+    def register(self, backend, source: str = "direct", origin=None):
+        """Add a backend. The same object (or the same factory) named again by a second
+        source, e.g. an installed package's entry point and `--plugin` with the same target,
+        is one backend, registered once; another backend with a taken name is an error."""
         validate_backend(backend, source)
-        if backend.name in self.backends:
-            raise BackendContractError(
-                f"backend from {source}: name {backend.name!r} already registered by {self.sources[backend.name]}")
-        self.backends[backend.name] = backend
-        self.sources[backend.name] = source
+        origin = backend if origin is None else origin
+        name = backend.name
+        if name in self.backends:
+            if self.origins[name] is not origin and self.backends[name] is not backend:
+                raise BackendContractError(
+                    f"backend from {source}: name {name!r} already registered by {self.sources[name]}")
+            self.loaded[source] = name
+            return self.backends[name]
+        self.backends[name] = backend
+        self.sources[name] = source
+        self.origins[name] = origin
+        self.loaded[source] = name
         return backend
 
     def _add(self, target: str, source: str, loader=None):
         try:
-            obj = loader() if loader else resolve_target(target, source)
-            if loader:
-                obj = resolve_loaded(obj, source)
-            self.register(obj, source)
+            raw = loader() if loader else load_target(target, source)
+            self.register(resolve_loaded(raw, source), source, origin=raw)
         except Exception as exc:
             self.errors[source] = str(exc) if isinstance(exc, BackendContractError) else \
                 f"{source}: {type(exc).__name__}: {exc}"

@@ -402,9 +402,12 @@ def get_kernels(n: int, D: int, dtype: str, arch: str, k2=None):
         if missing:
             import tilelang
             t0 = time.perf_counter()
+            # the kernels are built (Python AST parsed) one by one here: CPython 3.11's parser is not
+            # safe to run from several threads ("AST constructor recursion depth mismatch");
             # nvcc runs in subprocesses: compile side by side
+            funcs = [_build(k) for k in missing]
             with ThreadPoolExecutor(len(missing)) as pool:
-                built = list(pool.map(lambda k: tilelang.compile(_build(k), target=_target(arch)), missing))
+                built = list(pool.map(lambda f: tilelang.compile(f, target=_target(arch)), funcs))
             _STATS["compiles"] += len(missing)
             _STATS["compile_seconds"] += time.perf_counter() - t0
             _KERNELS.update({(arch, k): kern for k, kern in zip(missing, built)})

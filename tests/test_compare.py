@@ -7,7 +7,7 @@ import torch
 from fuzz import tolerances
 from fuzz.cases import CaseParams, make_inputs
 from fuzz.check import _judge
-from fuzz.compare import compare
+from fuzz.compare import Verdict, compare, contract_problem, contract_verdict
 from fuzz.precision import UNIT_ROUNDOFF
 from fuzz.truth import magnitudes, truth
 from impls.golden_backend import backend as golden
@@ -146,3 +146,112 @@ def test_gemm_precision_is_judged_per_output(case, declared, passes):
     dphi = next(v for v in verdicts if v.component == "dphi")
     assert dphi.passed is passes
     assert all(v.passed for v in verdicts if v.component != "dphi")
+
+
+# ---------------------------------------------------------------- compare() on hand-made values
+F64 = torch.float64
+
+
+def _t(values, dtype=F64):
+    return torch.tensor(values, dtype=dtype)
+
+
+def _verdict(out, truth, tol, dtype=torch.float32):
+    return compare("c", _t(out, dtype), _t(truth), _t(tol), dtype)
+
+
+def test_verdict_names_the_worst_ratio_not_the_largest_error():
+    v = _verdict([1.0625, -2.25, 0.5, 4.5], [1.0, -2.0, 0.5, 4.0], [0.125, 0.125, 0.25, 1.0])
+    # errors 1/16, 1/4, 0, 1/2 against bounds 1/8, 1/8, 1/4, 1: ratios 1/2, 2, 0, 1/2
+    expected = Verdict("c", False, 0.5, 0.125, 2.0, (1,), 0, -2.25, -2.0)
+    fields = ("component", "passed", "max_abs_err", "bound_at_worst", "worst_ratio", "worst_index",
+              "nonfinite_mismatches", "out_at_worst", "truth_at_worst", "problem")
+    assert [getattr(v, f) for f in fields] == [getattr(expected, f) for f in fields]
+
+
+def test_an_error_equal_to_its_bound_passes_and_just_above_fails():
+    v = _verdict([1.125, -3.0], [1.0, -2.0], [0.125, 2.0])
+    assert v.passed and (v.worst_ratio, v.worst_index, v.max_abs_err) == (1.0, (0,), 1.0)
+    v = _verdict([1.125 + 2.0 ** -20], [1.0], [0.125])
+    assert not v.passed and v.worst_ratio > 1.0
+    v = _verdict([0.5, 3.0], [0.5, 2.0], [0.25, 0.25])           # an error of exactly 1
+    assert not v.passed and (v.worst_ratio, v.worst_index, v.max_abs_err) == (4.0, (1,), 1.0)
+
+
+def test_zero_bound_allows_only_the_exact_value():
+    v = _verdict([0.0, 1.0], [0.0, 1.0], [0.0, 0.0])
+    assert v.passed and v.worst_ratio == 0.0 and v.max_abs_err == 0.0
+    v = _verdict([0.0, 2.0 ** -100], [0.0, 0.0], [0.0, 0.0])
+    assert not v.passed and v.worst_ratio > 1e200 and v.worst_index == (1,)
+
+
+def test_worst_index_is_the_full_index_and_values_are_taken_there():
+    truth, out = torch.zeros(2, 3, dtype=F64), torch.zeros(2, 3)
+    out[1, 2], out[0, 1] = 0.5, -0.125
+    v = compare("c", out, truth, torch.full((2, 3), 0.25, dtype=F64), torch.float32)
+    assert (v.worst_index, v.worst_ratio, v.out_at_worst, v.truth_at_worst, v.bound_at_worst) == ((1, 2), 2.0, 0.5,
+                                                                                                  0.0, 0.25)
+
+
+def test_empty_output_passes():
+    v = compare("c", torch.zeros(0, 3), torch.zeros(0, 3, dtype=F64), torch.zeros(0, 3, dtype=F64), torch.float32)
+    assert v.passed and (v.worst_index, v.worst_ratio, v.max_abs_err, v.nonfinite_mismatches) == ((), 0.0, 0.0, 0)
+    assert v.bound_at_worst == 0.0 and math.isnan(v.out_at_worst) and math.isnan(v.truth_at_worst)
+
+
+def test_special_values_must_match_the_truth_exactly():
+    nan, inf = math.nan, math.inf
+    v = _verdict([nan, inf, -inf, 1.0], [nan, inf, -inf, 1.0], [0.1] * 4)
+    assert v.passed and v.nonfinite_mismatches == 0 and v.worst_ratio == 0.0
+    # -Inf for Inf, NaN for Inf, Inf for NaN, a number for NaN; the first mismatch is the one shown
+    v = _verdict([1.0, -inf, nan, inf, 3.0], [1.0, inf, inf, nan, nan], [0.1] * 5)
+    assert not v.passed and v.nonfinite_mismatches == 4
+    assert (v.worst_index, v.out_at_worst, v.truth_at_worst) == ((1,), -inf, inf)
+    assert v.max_abs_err == 0.0          # errors are measured where both are finite only
+
+
+def test_a_mismatch_fails_even_when_every_finite_error_is_inside():
+    v = _verdict([1.0, 2.0, math.nan], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0])
+    assert not v.passed and v.worst_ratio == 0.0 and v.nonfinite_mismatches == 1 and v.worst_index == (2,)
+
+
+@pytest.mark.parametrize("truth, tol, out, passes", [
+    (65519.0, 2.0, math.inf, True),      # [65517, 65521] straddles 65520, where fp16 starts rounding to Inf
+    (65519.0, 0.5, math.inf, False),     # all of [65518.5, 65519.5] rounds to 65504: Inf is wrong
+    (65515.0, 10.0, math.inf, True),     # [65505, 65525] straddles 65520
+    (65521.0, 0.5, 65504.0, False),      # all of it rounds to Inf: a finite 65504 is wrong
+    (65521.0, 20.0, 65504.0, True),      # straddles; 65504 is within 20 of the truth
+    (-65519.0, 2.0, -math.inf, True),    # the same on the negative side
+    (65519.0, 1.0, math.inf, True),      # [65518, 65520]: 65520 itself rounds to Inf
+])
+def test_at_the_overflow_threshold_either_rounding_is_correct(truth, tol, out, passes):
+    v = compare("dx", _t([out], torch.float16), _t([truth]), _t([tol]), torch.float16)
+    assert v.passed is passes, v
+
+
+def test_a_truth_interval_from_the_threshold_up_is_all_inf():
+    """[65520, 65522] rounds to Inf everywhere: a finite value is a NaN/Inf mismatch (and far off)."""
+    v = compare("dx", _t([65504.0], torch.float16), _t([65521.0]), _t([1.0]), torch.float16)
+    assert not v.passed and v.nonfinite_mismatches == 1
+
+
+def test_contract_problems_name_output_and_expectation():
+    x = torch.zeros(2, 3)
+    assert contract_problem("dx", [1], (2, 3), torch.float32, "cpu") == "dx: expected a tensor, got list"
+    assert contract_problem("dx", x, (3, 2), torch.float32, "cpu") == "dx: shape (2, 3), expected (3, 2)"
+    assert contract_problem("dx", x, (2, 3), torch.bfloat16, "cpu") == \
+        "dx: dtype torch.float32, expected torch.bfloat16"
+    assert contract_problem("dx", x, (2, 3), torch.float32, "cuda") == "dx: on cpu, expected cuda"
+    assert contract_problem("dx", x, [2, 3], torch.float32, "cpu") == ""
+    v = contract_verdict("dgamma", "dgamma: shape (1,), expected (4, 8)")
+    assert (v.component, v.passed, v.worst_ratio, v.worst_index, v.nonfinite_mismatches, v.problem) == \
+        ("dgamma", False, math.inf, (), 0, "dgamma: shape (1,), expected (4, 8)")
+    assert math.isnan(v.max_abs_err) and math.isnan(v.bound_at_worst)
+
+
+def test_verdicts_round_trip_through_json():
+    import json
+    v = Verdict("dx", False, 0.5, 0.125, 4.0, (1, 0, 2, 3), 2, -1.5, 2.0, "")
+    d = json.loads(json.dumps(v.to_dict()))
+    assert d["worst_index"] == [1, 0, 2, 3] and Verdict.from_dict(d) == v
+    assert Verdict.from_dict({k: val for k, val in d.items() if k != "worst_index"}).worst_index == ()

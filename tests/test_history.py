@@ -1,15 +1,12 @@
 """Failures that depend on earlier calls: fresh processes, the call log, confirmation alone,
 minimization of the sequence (ddmin), reports that record it and replay that reruns it."""
-import os
-import subprocess
-import sys
 
 import pytest
 
 from conftest import ROOT
 from fuzz.cases import CaseParams
 from fuzz.executor import SubprocessExecutor
-from fuzz.history import HistoryTriage, ddmin
+from fuzz.history import HistoryTriage, ddmin, replay_in_fresh_worker
 from fuzz.kinds import FailureKind
 from fuzz.reports import build_report, load_report, write_report
 
@@ -76,9 +73,11 @@ def test_history_dependent_failure_is_confirmed_minimized_reported_and_replayed(
     path, _ = write_report(build_report(found, plugins=PLUGINS), tmp_path)
     rep = load_report(path)
     assert rep["kind"] == "history-dependent" and rep["history"] == found.history
-    r = subprocess.run([sys.executable, "-m", "fuzz.cli", "replay", str(path), "--device", "cpu"], cwd=ROOT,
-                       env=dict(os.environ, **ENV, COLUMNS="200"), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 1 and "FAIL (tolerance)" in r.stdout, r.stdout + r.stderr
+    # replay makes the earlier calls first, in a fresh process (the command line's replay of such
+    # a report: the kill table's, tests/test_mutants.py)
+    again = replay_in_fresh_worker(rep, "stale_alpha", "cpu", ["tests.mutants:stale_alpha"], case_timeout_s=60)
+    assert again.kind == FailureKind.HISTORY_DEPENDENT and again.signature() == rep["signature"], again.message
+    assert "after 1 earlier call(s)" in again.message and "tolerance" in again.message, again.message
     assert executor.run_fresh("stale_alpha", case).status == "pass"          # alone it passes
 
 

@@ -7,8 +7,8 @@ import pytest
 from fuzz.cases import CaseParams
 from fuzz.check import CaseResult
 from fuzz.compare import Verdict
-from fuzz.reports import (ReportError, _locked, build_report, iter_reports, load_report, sweep_reports_dir,
-                          write_report)
+from fuzz.reports import (ReportError, _locked, build_report, case_size, iter_reports, load_report,
+                          sweep_reports_dir, write_report)
 
 
 def _result(D, backend="bk", comps=("dx",)):
@@ -32,8 +32,10 @@ def test_different_signatures_get_different_files(tmp_path):
     a, _ = write_report(build_report(_result(8, comps=("dx",)), env=env), tmp_path)
     b, _ = write_report(build_report(_result(8, comps=("dx", "dphi")), env=env), tmp_path)
     c, _ = write_report(build_report(_result(8, backend="other"), env=env), tmp_path)
-    assert len({a, b, c}) == 3
-    assert len(iter_reports(tmp_path)) == 3
+    assert [load_report(p)["signature"] for p in (a, b, c)] == ["bk|tolerance|dx", "bk|tolerance|dphi,dx",
+                                                               "other|tolerance|dx"]
+    assert (a.parent.name, b.parent.name, c.parent.name) == ("bk", "bk", "other")
+    assert sorted(iter_reports(tmp_path)) == sorted([a, b, c])
 
 
 def test_expected_failure_marker_survives_a_smaller_case(tmp_path):
@@ -118,3 +120,314 @@ def test_report_with_bad_params(tmp_path):
     p.write_text(json.dumps(doc))
     with pytest.raises(ReportError, match="params: case parameter n"):
         load_report(p)
+
+
+
+def _write_killed_at(step: int, report: dict, reports_dir) -> bool:
+    """Fork a writer of `report` that SIGKILLs itself at the step-th line of Python it runs once it
+    has begun to change the file system (its first open for writing, rename or removal): one kill
+    point between each two of its file operations. True if it was killed, False if it finished."""
+    import os
+    import signal
+    import sys
+    pid = os.fork()
+    if pid == 0:                              # the child: no return into pytest from here
+        try:
+            lines = 0
+            changing = False
+            writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+            def audit(event, args):
+                nonlocal changing
+                if event in ("os.rename", "os.remove", "os.truncate") or (event == "open" and args[2] & writes):
+                    changing = True
+
+            def trace(frame, event, arg):
+                nonlocal lines
+                if event == "line" and changing:
+                    lines += 1
+                    if lines == step:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                return trace
+            sys.addaudithook(audit)
+            sys.settrace(trace)
+            write_report(report, reports_dir)
+            sys.settrace(None)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_a_writer_killed_at_any_point_leaves_the_old_report_or_the_new_one(tmp_path):
+    """A writer SIGKILLed at each point of replacing a report in turn (deterministic: the kill
+    comes from the writer's own line trace, not a timer): the file holds the old complete report
+    or the new one, never a part of either; its debris is hidden temporary files the sweep removes."""
+    old = build_report(_result(64), env={})
+    new = build_report(_result(8), env={})
+    path, _ = write_report(old, tmp_path)
+    old_text = path.read_text()
+    seen_temp = seen_new = 0
+    step = 1
+    while _write_killed_at(step, new, tmp_path):
+        others = [p.name for p in path.parent.iterdir() if p != path]
+        assert all(n.startswith(f".{path.name}.") and n.endswith(".tmp") for n in others), (step, others)
+        try:
+            D = load_report(path)["params"]["D"]
+        except ReportError as exc:
+            raise AssertionError(f"writer killed at step {step} left an incomplete report: {exc}") from None
+        assert D in (64, 8), D
+        seen_temp += bool(others)
+        seen_new += D == 8
+        assert sweep_reports_dir(tmp_path) == len(others)
+        path.write_text(old_text)                # back to the state before the write
+        step += 1
+        assert step < 500, "the writer never finished"
+    assert seen_temp, "no kill fell between creating the temporary file and renaming it"
+    assert seen_new, "no kill fell after the rename"
+    assert load_report(path)["params"]["D"] == 8 and sorted(path.parent.iterdir()) == [path]
+
+
+def test_case_size_counts_elements_first_then_every_departure_from_the_defaults():
+    from dataclasses import replace
+    base = CaseParams(1, 3, 2, 5)
+    assert case_size(base) == (30, 3, 5, 2, 0)
+    assert case_size(CaseParams(2, 3, 4, 5)) == (120, 6, 5, 4, 0)
+    changes = dict(x_scale=-1.5, grad_scale=2.0, phi_scale=-1.0, gamma_scale=0.5, bias_shift=-4.0, zero_tokens=1,
+                   outliers=2, layout="strided", x_dtype="fp32", use_gamma=False, alpha=(1.0, 0.5, -1.0))
+    distance = dict(x_scale=1.5, grad_scale=2.0, phi_scale=1.0, gamma_scale=0.5, bias_shift=4.0, zero_tokens=1,
+                    outliers=2, layout=1, x_dtype=1, use_gamma=1, alpha=2)
+    for k, v in changes.items():
+        assert case_size(replace(base, **{k: v})) == (30, 3, 5, 2, distance[k]), k
+    assert case_size(replace(base, **changes))[4] == sum(distance.values())
+    # a case with fewer elements is smaller whatever its values
+    assert case_size(replace(CaseParams(1, 2, 2, 5), **changes)) < case_size(base)
+
+
+def test_report_fields(tmp_path):
+    import datetime as dt
+    import hashlib
+    from fuzz.reports import SCHEMA, report_id
+    res = _result(8, comps=("dphi", "dx"))
+    rep = build_report(res, detected_after_s=1.5, plugins=["pkg.mod:a", "pkg.mod:b"], env={"e": 1})
+    sig = "bk|tolerance|dphi,dx"
+    assert report_id(sig) == hashlib.sha1(sig.encode()).hexdigest()[:12]
+    assert {k: v for k, v in rep.items() if k != "found_at"} == {
+        "schema": SCHEMA, "id": report_id(sig), "backend": "bk", "signature": sig, "kind": "tolerance",
+        "failing_components": ["dphi", "dx"], "message": "bad", "params": res.params.to_dict(), "device": "cpu",
+        "verdicts": [v.to_dict() for v in res.verdicts], "worst_ratio": 10.0, "detected_after_s": 1.5,
+        "environment": {"e": 1}, "plugins": ["pkg.mod:a", "pkg.mod:b"],
+        "replay": "mhc-fuzz replay {path} --plugin pkg.mod:a --plugin pkg.mod:b", "case_timeout_s": None,
+        "history": [], "expected_failure": None}
+    found = dt.datetime.fromisoformat(rep["found_at"])
+    assert found.tzinfo is not None and abs(dt.datetime.now(dt.timezone.utc) - found) < dt.timedelta(minutes=5)
+    path, written = write_report(rep, tmp_path)
+    assert written and path == tmp_path / "bk" / f"{report_id(sig)}.json"
+    assert load_report(path)["replay"] == f"mhc-fuzz replay {path} --plugin pkg.mod:a --plugin pkg.mod:b"
+    assert build_report(res, env={})["replay"] == "mhc-fuzz replay {path}"
+
+
+def test_environment_names_the_versions():
+    import platform
+    import subprocess
+
+    import torch
+    from conftest import ROOT
+    from fuzz.reports import environment
+    env = environment("cpu")
+    assert (env["python"], env["torch"], env["device"], env["host"]) == (platform.python_version(),
+                                                                         torch.__version__, "cpu", platform.node())
+    for mod in ("triton", "tilelang"):
+        try:
+            version = __import__(mod).__version__
+        except Exception:
+            version = None
+        assert env[mod] == version, mod
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    assert env["git_commit"] == (head or None)
+    assert "gpu" not in env and build_report(_result(8))["environment"]["device"] == "cpu"
+
+
+def test_a_case_of_the_same_size_does_not_replace_the_report(tmp_path):
+    first = build_report(_result(8), env={"run": 1})
+    p, _ = write_report(first, tmp_path)
+    again = build_report(_result(8), env={"run": 2})
+    assert write_report(again, tmp_path) == (p, False)
+    assert load_report(p)["environment"] == {"run": 1}
+
+
+def test_a_damaged_report_is_replaced(tmp_path):
+    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
+    p.write_text('{"schema": ')
+    assert write_report(build_report(_result(64), env={}), tmp_path) == (p, True)
+    assert load_report(p)["params"]["D"] == 64
+
+
+def test_a_failed_write_leaves_the_old_report_and_no_temporary(tmp_path, monkeypatch):
+    import os
+    p, _ = write_report(build_report(_result(64), env={}), tmp_path)
+    before = p.read_text()
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(build_report(_result(8), env={}), tmp_path)
+    assert p.read_text() == before and sorted(p.parent.iterdir()) == [p]
+
+
+def _as_schema1(doc: dict):
+    """A report as schema 1 wrote it: without the fields schema 2 added."""
+    from fuzz.reports import ADDED_IN_SCHEMA
+    doc["schema"] = 1
+    for k in ADDED_IN_SCHEMA[2]["report"]:
+        doc.pop(k, None)
+    for k in ADDED_IN_SCHEMA[2]["params"]:
+        doc["params"].pop(k, None)
+
+
+def test_a_schema_1_report_loads_as_the_default_context(tmp_path):
+    """Reports written before the call's context existed still load, and mean the plain call."""
+    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
+    doc = json.loads(p.read_text())
+    _as_schema1(doc)
+    p.write_text(json.dumps(doc))
+    rep = load_report(p)
+    assert rep["schema"] == 1 and "history" not in rep
+    assert CaseParams.from_dict(rep["params"]) == _result(8).params
+    assert CaseParams.from_dict(rep["params"]).context() == {}
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda d: d.update(schema=3), "schema 3 is not supported (expected 1 or 2)"),
+    (lambda d: d.update(schema=True), "schema True is not supported (expected 1 or 2)"),
+    (lambda d: d.update(schema=2.0), "schema 2.0 is not supported (expected 1 or 2)"),
+    (lambda d: (_as_schema1(d), d.update(history=[])), "history: added in schema 2, but the report is schema 1"),
+    (lambda d: (_as_schema1(d), d["params"].update(calls=2, stream="default")),
+     "params.stream, params.calls: added in schema 2, but the report is schema 1"),
+    (lambda d: d.update(history={}), "history must be a list of at most 64 earlier calls"),
+    (lambda d: d.update(history=[{"backend": "bk", "params": {"B": 1, "S": 1, "n": 1, "D": 1}}] * 65),
+     "history must be a list of at most 64 earlier calls"),
+    (lambda d: d.update(history=[{"backend": "bk"}]),
+     "history[0] must be an object with exactly the keys backend and params"),
+    (lambda d: d.update(history=[{"backend": "bk", "params": {}, "x": 1}]),
+     "history[0] must be an object with exactly the keys backend and params"),
+    (lambda d: d.update(history=[{"backend": "os.system('x')", "params": {}}]),
+     "history[0]: backend must be a backend name, got \"os.system('x')\""),
+    (lambda d: d.update(history=[{"backend": "bk", "params": []}]), "history[0]: params must be an object"),
+    (lambda d: d.update(history=[{"backend": "bk", "params": {"B": 1, "S": 1, "n": 1, "D": 0}}]),
+     "history[0]: params: case parameter D must be a positive int, got 0"),
+    (lambda d: d.update(history=[{"backend": "bk", "params": {"B": 1, "S": 1, "n": 1, "D": 1, "first_call": True}}]),
+     "history[0]: params: an earlier call cannot be a first call"),
+    (lambda d: d.update(history=[{"backend": "bk", "params": {"B": 1, "S": 1, "n": 1, "D": 1}}]),
+     "history: a history-dependent report has its earlier calls, and only such a report has any "
+     "(kind tolerance, 1 earlier calls)"),
+    (lambda d: d.update(kind="history-dependent"),
+     "history: a history-dependent report has its earlier calls, and only such a report has any "
+     "(kind history-dependent, 0 earlier calls)"),
+    (lambda d: d["params"].update(grad_mode="fast"),
+     "params: grad_mode must be one of ('enabled', 'no_grad', 'inference_mode', 'autograd'), got 'fast'"),
+    (lambda d: d["params"].update(calls=True), "params: calls must be 1 or 2 and first_call a bool, got True, False"),
+    (lambda d: d["params"].update(first_call=1), "params: calls must be 1 or 2 and first_call a bool, got 1, 1"),
+    (lambda d: d["params"].update(arg_layouts={"x": "offset"}),
+     "params: arg_layouts: x cannot be 'offset' (allowed: none)"),
+    (lambda d: d["params"].update(arg_layouts={"phi": 3}),
+     "params: arg_layouts must map input names to names, got {'phi': 3}"),
+    (lambda d: d["params"].update(arg_layouts=[["phi", "offset"]]),
+     "params: arg_layouts must map input names to names, got [['phi', 'offset']]"),
+    (lambda d: d["params"].update(arg_dtypes={"h_mix": "bf16"}),
+     "params: arg_dtypes: 'h_mix': 'bf16': inputs ('phi', 'alpha', 'bias', 'gamma', 'dh_post', 'dh_res') may be "
+     "one of ('bf16', 'fp16', 'fp32')"),
+    (lambda d: d.pop("replay"), "missing key 'replay'"),
+    (lambda d: d.update(expected_failure="bug 3"), "expected_failure must be null or an object with a 'reason' string"),
+    (lambda d: d.update(expected_failure={"why": "x"}), "expected_failure must be null or an object with a 'reason' "
+                                                        "string"),
+    (lambda d: d.update(expected_failure={"reason": 3}), "expected_failure must be null or an object with a "
+                                                         "'reason' string"),
+    (lambda d: d["params"].update(x_dtype="int4"), "params: x_dtype must be bf16, fp16 or fp32, got 'int4'"),
+    (lambda d: d["params"].update(colour=1), "params: unknown case parameter(s): ['colour']"),
+])
+def test_report_problems_are_one_exact_line(tmp_path, edit, problem):
+    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
+    doc = json.loads(p.read_text())
+    edit(doc)
+    p.write_text(json.dumps(doc))
+    with pytest.raises(ReportError) as err:
+        load_report(p)
+    assert str(err.value) == f"{p}: {problem}"
+
+
+def test_unreadable_and_non_json_reports(tmp_path):
+    with pytest.raises(ReportError) as err:
+        load_report(tmp_path / "absent.json")
+    assert str(err.value) == f"{tmp_path / 'absent.json'}: cannot read: No such file or directory"
+    f = tmp_path / "r.json"
+    f.write_text('\n{"a": 1,,}')
+    with pytest.raises(ReportError) as err:
+        load_report(f)
+    assert str(err.value) == f"{f}: line 2: not valid JSON: Expecting property name enclosed in double quotes"
+    f.write_text('"text"')
+    with pytest.raises(ReportError) as err:
+        load_report(str(f))
+    assert str(err.value) == f"{f}: a report must be a JSON object"
+
+
+def test_reports_are_listed_sorted_one_folder_deep(tmp_path):
+    for backend, D in (("b", 8), ("a", 8), ("a", 16)):
+        write_report(build_report(_result(D, backend=backend, comps=("dx",) if D == 8 else ("dphi",)), env={}),
+                     tmp_path)
+    (tmp_path / "a" / "notes.txt").write_text("")
+    (tmp_path / "top.json").write_text("{}")
+    files = iter_reports(tmp_path)
+    assert files == sorted(files) and [f.parent.name for f in files] == ["a", "a", "b"]
+    assert iter_reports(str(tmp_path)) == files and iter_reports(tmp_path / "absent") == []
+
+
+def test_report_files_are_readable_stable_text(tmp_path):
+    """Reports are reviewed and diffed: 2-space indent, fields in the order of build_report, one
+    trailing newline; written into a reports folder that need not exist yet."""
+    p, _ = write_report(build_report(_result(8), env={}), tmp_path / "new" / "reports")
+    text = p.read_text()
+    assert text.startswith('{\n  "schema": 2,\n  "id": "') and text.endswith("\n}\n")
+    assert list(json.loads(text)) == list(build_report(_result(8), env={}))
+
+
+def test_the_sweep_counts_every_stale_file(tmp_path):
+    folder = tmp_path / "bk"
+    folder.mkdir()
+    for name in (".a.json.1.tmp", ".a.json.2.tmp", ".b.json.3.tmp", "keep.json", ".hidden"):
+        (folder / name).write_text("")
+    assert sweep_reports_dir(tmp_path) == 3
+    assert sorted(p.name for p in folder.iterdir()) == [".hidden", "keep.json"]
+
+
+def test_environment_records_the_checkout_whatever_the_working_directory(tmp_path, monkeypatch):
+    import subprocess
+
+    from conftest import ROOT
+    from fuzz.reports import environment
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    monkeypatch.chdir(tmp_path)                                  # not a git checkout
+    assert environment("cpu")["git_commit"] == (head or None)
+
+
+def test_environment_names_the_gpu_of_cuda_runs_only(monkeypatch):
+    import sys
+
+    import torch
+    from fuzz.reports import environment
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU 80GB")
+    from importlib import metadata
+    real_version = metadata.version
+
+    def version(name):                                             # tilelang not installed
+        if name == "tilelang":
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+    monkeypatch.setitem(sys.modules, "tilelang", None)
+    monkeypatch.setattr(metadata, "version", version)              # ... is recorded as None
+    env = environment("cuda")
+    assert env["gpu"] == "Test GPU 80GB" and env["cuda"] == torch.version.cuda and "cuda" in env
+    assert env["tilelang"] is None
+    assert not {"gpu", "cuda"} & set(environment("cpu"))

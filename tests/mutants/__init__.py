@@ -358,6 +358,21 @@ class AcceptsUnsupported(Mutant):
         return tuple(backward_terms(*args)[k] for k in ("dx", "dphi", "dalpha", "dbias", "dgamma"))
 
 
+class TwoBugs(Mutant):
+    name = "two_bugs"
+    description = ("two bugs: dgamma zero whenever gamma is None (half the cases), and dx wrong only for "
+                   "n=3 and T >= 17 (a few cases in a hundred): the search must go on past the first")
+    expected_signatures = ("two_bugs|tolerance|dgamma", "two_bugs|tolerance|dx")
+
+    def bug(self, r, a):
+        B, S, n, D = a["x"].shape
+        if a["gamma"] is None:
+            r["dgamma"] = torch.zeros_like(r["dgamma"])
+        if n == 3 and B * S >= 17:
+            r["dx"] = r["dx"] * 1.5
+        return r
+
+
 class RareBug(Mutant):
     name = "rare_bug"
     description = "dx wrong only when T >= 5 and D >= 9: not on the simplest cases (not in ALL)"
@@ -373,12 +388,13 @@ rare_bug = RareBug()
 
 CORRECTNESS = [Stream0Only, DbiasResTwice, DgammaNoInvRmsRes, DTailUnmasked, LastTokenBlockSkipped,
                BatchDropped, AssumesContiguous, NHardcoded, LowPrecisionTokenSum, NormEpsMismatch,
-               LowPrecisionSumSq, WrongSign, RacyDoubleCount, UndeclaredTF32]
+               LowPrecisionSumSq, WrongSign, RacyDoubleCount, UndeclaredTF32, TwoBugs]
 CONTAINMENT = [Segfaults, Hangs, WritesOutOfBounds, MutatesInput, Nondeterministic, Raises, WrongDtype,
                NanWithoutEps, AcceptsUnsupported]
+from tests.mutants.memory import MEMORY  # noqa: E402  (memory.py builds on Mutant above)
 from tests.mutants.context import CONTEXT  # noqa: E402  (context and call-history bugs)
 
-ALL = CORRECTNESS + CONTAINMENT + CONTEXT
+ALL = CORRECTNESS + CONTAINMENT + MEMORY + CONTEXT
 
 for _cls in ALL:
     globals()[_cls.name] = _cls()
