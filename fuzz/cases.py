@@ -214,7 +214,7 @@ def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "contiguous":
         return t.contiguous()
     if layout == "offset":       # storage offset of 1 element: breaks 16-byte alignment
-        buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        buf = torch.zeros(t.numel() + 1, dtype=t.dtype, device=t.device)   # all of it written: initcheck
         view = buf[1:].view(t.shape)
         view.copy_(t)
         return view
