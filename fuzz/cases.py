@@ -207,12 +207,23 @@ def _check_ranges(p: "CaseParams"):
         raise ValueError(f"case parameter use_gamma must be true or false, got {p.use_gamma!r}")
 
 
-def _hash32(v: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer mix (xor-shift-multiply); int64 math, products stay below 2^63."""
+def _hash32(v):
+    """A 32-bit integer mix (xor-shift-multiply): on int64 tensors (products stay below 2^63)
+    and, the same arithmetic, on Python ints."""
     v = v & _MASK32
     v = ((v ^ (v >> 16)) * 0x45D9F3B) & _MASK32
     v = ((v ^ (v >> 16)) * 0x45D9F3B) & _MASK32
     return v ^ (v >> 16)
+
+
+def _stream_key(seed: int, stream: str) -> int:
+    return _hash32((seed * 0x9E3779B1 + _STREAMS[stream] * 0x85EBCA77) & _MASK32)
+
+
+def _unit(idx: torch.Tensor, key) -> torch.Tensor:
+    """float64 in [-1, 1) of each flat index under its stream's key (an int, or one per index)."""
+    h = _hash32(_hash32(idx ^ key) + (idx >> 32) + key)
+    return (h >> 8).to(torch.float64) * 2.0 ** -23 - 1.0
 
 
 def uniform(seed: int, stream: str, shape, device, start: int = 0) -> torch.Tensor:
@@ -220,10 +231,23 @@ def uniform(seed: int, stream: str, shape, device, start: int = 0) -> torch.Tens
     flat index of the first element (a part of a bigger tensor, built piece by piece)."""
     numel = math.prod(shape)
     idx = torch.arange(start, start + numel, dtype=torch.int64, device=device)
-    key = _hash32(torch.tensor([(seed * 0x9E3779B1 + _STREAMS[stream] * 0x85EBCA77) & _MASK32],
-                               dtype=torch.int64, device=device))
-    h = _hash32(_hash32(idx ^ key) + (idx >> 32) + key)
-    return ((h >> 8).to(torch.float64) * 2.0 ** -23 - 1.0).reshape(shape)
+    return _unit(idx, _stream_key(seed, stream)).reshape(shape)
+
+
+def uniforms(seed: int, parts, device) -> list:
+    """[uniform(seed, stream, shape, device) for stream, shape in parts], the same values made
+    in one pass: a case's small tensors are a few elements each, and on a GPU the kernel
+    launches of one pass per tensor cost more than the arithmetic."""
+    sizes = [math.prod(shape) for _, shape in parts]
+    counts = torch.tensor(sizes, dtype=torch.int64)
+    firsts = torch.tensor([0] + sizes[:-1], dtype=torch.int64).cumsum(0)
+    keys = torch.tensor([_stream_key(seed, stream) for stream, _ in parts], dtype=torch.int64)
+    total = sum(sizes)
+    per_index = torch.stack([firsts, keys]).to(device).repeat_interleave(counts.to(device), dim=1,
+                                                                          output_size=total)
+    idx = torch.arange(total, dtype=torch.int64, device=device) - per_index[0]
+    values = _unit(idx, per_index[1])
+    return [v.reshape(shape) for v, (_, shape) in zip(values.split(sizes), parts)]
 
 
 def _pick(seed, stream, count, high, device):
@@ -270,7 +294,7 @@ def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "contiguous":
         return t.contiguous()
     if layout == "offset":       # storage offset of 1 element: breaks 16-byte alignment
-        buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        buf = torch.zeros(t.numel() + 1, dtype=t.dtype, device=t.device)   # all of it written: initcheck
         view = buf[1:].view(t.shape)
         view.copy_(t)
         return view
@@ -308,16 +332,17 @@ def make_inputs(p: CaseParams, device="cpu") -> Inputs:
     from fuzz import chunks
     if chunks.needed(p):            # too big for float64 copies of x: built token chunk by token chunk
         return chunks.make_inputs(p, device)
-    B, S, n, D, F = p.B, p.S, p.n, p.D, p.F
+    B, S, n, D = p.B, p.S, p.n, p.D
     dt = TORCH_DTYPE[p.x_dtype]
-    f64 = lambda name, shape: uniform(p.seed, name, shape, device)  # noqa: E731
+    parts = [("x", (B, S, n, D)), ("dh_in", (B, S, D))] + _small_parts(p)
+    u = dict(zip((name for name, _ in parts), uniforms(p.seed, parts, device)))
 
-    x = f64("x", (B, S, n, D)) * 10.0 ** p.x_scale
+    x = u["x"] * 10.0 ** p.x_scale
     if p.outliers:
         flat = x.reshape(-1)
         idx = _pick(p.seed, "outliers", p.outliers, flat.numel(), device)
         flat[idx] = flat[idx] * p.outlier_factor
-    dh_in = f64("dh_in", (B, S, D)) * 10.0 ** p.grad_scale
+    dh_in = u["dh_in"] * 10.0 ** p.grad_scale
     if p.zero_tokens:
         tok = _pick(p.seed, "zero_tokens", p.zero_tokens, B * S, device)
         x.reshape(B * S, n, D)[tok] = 0.0
@@ -327,7 +352,7 @@ def make_inputs(p: CaseParams, device="cpu") -> Inputs:
     x = x.clamp(-big, big).to(dt)
     dh_in = dh_in.clamp(-big, big).to(dt)
 
-    given = small_inputs(p, device)
+    given = small_inputs(p, device, u)
     with torch.no_grad():
         g = given["gamma"]
         _, h_post, _, inv_rms, h_mix, h_pre = mhc_forward(x.double(), given["phi"].double(), given["alpha"].double(),
@@ -336,22 +361,30 @@ def make_inputs(p: CaseParams, device="cpu") -> Inputs:
                             h_pre=h_pre.float(), h_post=h_post.float()))
 
 
-def small_inputs(p: CaseParams, device) -> dict:
+def _small_parts(p: CaseParams) -> list:
+    B, S, n, D, F = p.B, p.S, p.n, p.D, p.F
+    return [("phi", (F, n * D)), ("bias", (F,)), ("dh_post", (B, S, n)), ("dh_res", (B, S, n, n))] + (
+        [("gamma", (n, D))] if p.use_gamma else [])
+
+
+def small_inputs(p: CaseParams, device, u: dict | None = None) -> dict:
     """phi, alpha, bias, gamma, dh_post and dh_res of case p, each rounded once to its dtype
     (arg_dtypes; fp32 by default) and, where it is to be expanded, with one slice's values repeated
-    (what the expanded view will show): the values the truth and the saved activations are made of."""
-    B, S, n, D, F = p.B, p.S, p.n, p.D, p.F
-    f64 = lambda name, shape: uniform(p.seed, name, shape, device)  # noqa: E731
+    (what the expanded view will show): the values the truth and the saved activations are made of.
+    `u`: their uniform() values when already made (else made here, in one pass)."""
+    n, D = p.n, p.D
+    if u is None:
+        parts = _small_parts(p)
+        u = dict(zip((name for name, _ in parts), uniforms(p.seed, parts, device)))
     small_dt = {name: DTYPES[dict(p.arg_dtypes).get(name, "fp32")] for name in SMALL_ARGS}
-    phi = _rounded(f64("phi", (F, n * D)) * (10.0 ** p.phi_scale / math.sqrt(n * D)), small_dt["phi"])
+    phi = _rounded(u["phi"] * (10.0 ** p.phi_scale / math.sqrt(n * D)), small_dt["phi"])
     alpha = _rounded(torch.tensor(p.alpha, dtype=torch.float64, device=device), small_dt["alpha"])
-    bias = f64("bias", (F,)) * 0.5
+    bias = u["bias"] * 0.5
     bias[: 2 * n] += p.bias_shift
     bias = _rounded(bias, small_dt["bias"])
-    gamma = (_rounded((1 + 0.25 * f64("gamma", (n, D))) * 10.0 ** p.gamma_scale, small_dt["gamma"])
-             if p.use_gamma else None)
-    dh_post = _rounded(f64("dh_post", (B, S, n)) * 10.0 ** p.grad_scale, small_dt["dh_post"])
-    dh_res = _rounded(f64("dh_res", (B, S, n, n)) * 10.0 ** p.grad_scale, small_dt["dh_res"])
+    gamma = _rounded((1 + 0.25 * u["gamma"]) * 10.0 ** p.gamma_scale, small_dt["gamma"]) if p.use_gamma else None
+    dh_post = _rounded(u["dh_post"] * 10.0 ** p.grad_scale, small_dt["dh_post"])
+    dh_res = _rounded(u["dh_res"] * 10.0 ** p.grad_scale, small_dt["dh_res"])
     given = dict(phi=phi, alpha=alpha, bias=bias, gamma=gamma, dh_post=dh_post, dh_res=dh_res)
     for name, lay in p.arg_layouts:    # an expanded input holds one slice's values everywhere
         if lay == "expanded" and given[name] is not None:

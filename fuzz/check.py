@@ -162,6 +162,7 @@ class CaseRun:
     guards: dict = field(default_factory=dict)
     before: dict = field(default_factory=dict)
     outputs: object = None
+    forward_outputs: object = None     # the forward's outputs (or its exception), once called
     ref: dict | None = None
     mags: dict | None = None
     truth_of: object = truth           # inputs -> float64 reference outputs (fuzz/truth.py)
@@ -248,16 +249,18 @@ def backward_values(c: CaseRun):
 
 
 def forward_unwritten(c: CaseRun):
-    """The same for the forward's outputs, on a forward call of its own (forward_values then
-    calls it again, on the second fill)."""
+    """The same for the forward's outputs: its first call runs on the NaN fill, and
+    forward_values judges that call's outputs (a second call would cost the fuzz a forward
+    per case; the rerun on the second fill is made only when a fill shows)."""
     if not (isinstance(c.backend, poison.PoisonedBackend) and c.check_forward and c.caps.has_forward):
         return
     try:
-        fwd = c.backend.forward(*c.inp.forward_args())
-    except Exception:
-        return                      # forward_values reports it
+        c.forward_outputs = c.backend.forward(*c.inp.forward_args())
+    except Exception as exc:
+        c.forward_outputs = exc        # forward_values reports it
+        return
     rerun = lambda: c.backend.call("forward", c.inp.forward_args(), poison.second_word(c.res.device))  # noqa: E731
-    found = poison.inspect(fwd, "forward", c.res.device, rerun)
+    found = poison.inspect(c.forward_outputs, "forward", c.res.device, rerun)
     if found:
         c.fail(*found)
 
@@ -265,10 +268,14 @@ def forward_unwritten(c: CaseRun):
 def forward_values(c: CaseRun):
     if not (c.check_forward and c.caps.has_forward):
         return
-    try:
-        fwd = c.backend.forward(*c.inp.forward_args())
-    except Exception as exc:
-        c.fail(FailureKind.EXCEPTION, f"forward raised {type(exc).__name__}: {exc}")
+    fwd = c.forward_outputs
+    if fwd is None:
+        try:
+            fwd = c.backend.forward(*c.inp.forward_args())
+        except Exception as exc:
+            fwd = exc
+    if isinstance(fwd, Exception):
+        c.fail(FailureKind.EXCEPTION, f"forward raised {type(fwd).__name__}: {fwd}")
         return
     verdicts, kind = _judge_case(c, fwd, "forward")
     c.res.verdicts += verdicts

@@ -9,8 +9,6 @@ are bit for bit those of fuzz.cases.make_inputs, and the verdicts those of one p
 (tests/test_chunks.py runs both on small cases cut into tiny chunks)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fuzz import compare as cmp
@@ -42,7 +40,6 @@ def make_inputs(p, device="cpu") -> Inputs:
     B, S, n, D, F, T, K = p.B, p.S, p.n, p.D, p.F, p.T, p.n * p.D
     dt = TORCH_DTYPE[p.x_dtype]
     big = torch.finfo(dt).max
-    f64 = lambda name, shape: uniform(p.seed, name, shape, device)  # noqa: E731
 
     # the small tensors, exactly as make_inputs makes them (in their dtypes, expanded ones repeated)
     small = small_inputs(p, device)

@@ -90,10 +90,11 @@ def _replay_sanitized(args, console) -> int:
     if args.backend:
         replay += ["--backend", args.backend]
     env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1", MHC_FUZZ_POISON="off")
-    runs = [("no sanitizer", replay)] if args.sanitize == "all" else []
+    every = args.sanitize == ("all",)
+    runs = [("no sanitizer", replay)] if every else []
     from fuzz.replay import SANITIZERS
     runs += [(t, [tool, "--tool", t, "--error-exitcode", "3", *replay])
-             for t in (SANITIZERS if args.sanitize == "all" else (args.sanitize,))]
+             for t in (SANITIZERS if every else args.sanitize)]
     worst, times = EXIT_OK, []
     for name, cmd in runs:
         console.print("running: " + " ".join(cmd))

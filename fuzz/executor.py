@@ -10,6 +10,14 @@ ended by killing the worker and returned as not run: neither a pass nor a failur
 worker ignores SIGINT and SIGTERM, so a signal sent to the whole process group stops the run
 through the parent, and never looks like a crash of the backend.
 
+Workers are forked from a fork server that has imported torch once (multiprocessing's
+"forkserver", torch preloaded): replacing a worker after a crash costs a fork, not a new
+interpreter importing torch (seconds per crash, and a crashing backend crashes on most cases
+while Hypothesis shrinks). The server imports nothing that reads the environment a worker is
+given (TRITON_INTERPRET, plugin paths): the worker imports the backends itself, after it has
+set that environment. The server starts with SIGINT/SIGTERM blocked like the workers, and keeps
+them blocked: it ends when this process does.
+
 run(name, params, tensors=PATH) runs the tensors stored in a file (given tensors, a reduced
 report; `params` describes them) instead of generating the case, judged against the truth
 of their saved activations (fuzz/given.py).
@@ -37,6 +45,7 @@ from impls.registry import default_registry
 
 STARTUP_TIMEOUT_S = 300.0
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+PRELOAD = ["torch"]   # what the fork server imports once for every worker (see the module doc)
 POLL_S = 0.1          # how often a wait looks at the deadline and the stop flag
 CALL_LOG_LENGTH = 32  # calls of the current worker kept for a history-dependent failure
 
@@ -114,6 +123,15 @@ def _worker_main(conn, plugins, device, tolerances_path, env):
         conn.send(("result", payload))
 
 
+def _context():
+    """The fork server's context; its preload is set before the server starts (once per process)."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
 def not_run(backend_name, params, device, why) -> CaseResult:
     return CaseResult(backend_name, params, device, "not-run", message=why)
 
@@ -158,7 +176,7 @@ class SubprocessExecutor:
         self._fresh = None             # fresh processes (fuzz/fresh.py), started when first needed
 
     def _start(self):
-        ctx = mp.get_context("spawn")
+        ctx = _context()
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_worker_main, daemon=True,
                                  args=(child, self.plugins, self.device, self.tolerances_path, self.env))

@@ -2,9 +2,9 @@
 
 A failure may need its process to be new (the first call of a shape: a first_call case) or
 to have made exactly some calls before (a history-dependent failure, fuzz/history.py).
-Starting a Python process with torch and the backends imported takes seconds, and a
-history is minimized by dozens of trials, so a template process imports everything once and
-forks a child for each run: the child starts in milliseconds, has run no case, and dies with
+A new worker imports the backends and the tolerances (seconds, even forked from the
+executor's fork server with torch imported), and a history is minimized by dozens of trials,
+so a template process imports everything once and forks a child for each run: the child starts in milliseconds, has run no case, and dies with
 its result (a crash or a hang kills only the child). CUDA must not be initialized before a
 fork: the template never touches it and checks, by forking a probe child that uses the device,
 that its children can; if they cannot, each run spawns a new worker process instead.
@@ -15,14 +15,12 @@ the parent. A run still going at the run's deadline, or when the run is stopped,
 (its child killed) and answered as not run."""
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import pickle
 import select
 import signal
 import time
 
-from fuzz import stop
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams
 
@@ -120,10 +118,10 @@ def _template_main(conn, plugins, device, tolerances_path, env):
 
 
 def _started(target, args):
-    """A spawned process started with SIGINT and SIGTERM blocked (see fuzz/executor.py), and
-    the parent's end of its pipe."""
-    from fuzz.executor import STOP_SIGNALS
-    ctx = mp.get_context("spawn")
+    """A process started as the executor starts its workers (fuzz/executor.py: from its fork
+    server, with SIGINT and SIGTERM blocked), and the parent's end of its pipe."""
+    from fuzz.executor import STOP_SIGNALS, _context
+    ctx = _context()                           # from the executor's fork server (torch imported)
     conn, child = ctx.Pipe()
     proc = ctx.Process(target=target, args=(child, *args), daemon=True)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)

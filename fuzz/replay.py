@@ -30,8 +30,22 @@ def add_arguments(rp):
     rp.add_argument("--isolate", action="store_true", help=argparse.SUPPRESS)   # the default now (old scripts)
     rp.add_argument("--case-timeout", type=float, default=None,
                     help="seconds before the case counts as hung (default: the report's, else 300)")
-    rp.add_argument("--sanitize", nargs="?", const="memcheck", choices=SANITIZERS + ("all",), metavar="TOOL",
-                    help="rerun under compute-sanitizer: memcheck (default), initcheck, racecheck, synccheck or all")
+    rp.add_argument("--sanitize", nargs="?", const=("memcheck",), type=sanitizer_tools, metavar="TOOL[,TOOL]",
+                    help="rerun under compute-sanitizer: memcheck (default), initcheck, racecheck, synccheck, "
+                         "several (comma-separated) or all")
+
+
+def sanitizer_tools(text: str) -> tuple:
+    """--sanitize's value: 'all' (a plain replay first, for the baseline time, then every tool)
+    or tools named with commas."""
+    if text == "all":
+        return ("all",)
+    tools = tuple(t.strip() for t in text.split(","))
+    bad = [t for t in tools if t not in SANITIZERS]
+    if bad or not tools:
+        raise argparse.ArgumentTypeError(f"invalid choice: {', '.join(map(repr, bad)) or repr(text)} "
+                                         f"(choose from {', '.join(SANITIZERS)}, or all)")
+    return tools
 
 
 def missing_backend(path, rep: dict, name: str, registered, command: str = "replay") -> str:

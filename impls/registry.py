@@ -41,7 +41,7 @@ BUILTIN_TARGETS = (
 from impls.schema import (BACKWARD_ARGS, BACKWARD_OUTPUTS, DTYPE_NAMES, DTYPES, FORWARD_ARGS,  # noqa: E402,F401
                           FORWARD_OUTPUTS, LAYOUTS, SMALL_ARGS, X_DTYPES, tensor_layout)
 # Input precision of matrix products a backend may declare (rounding of the GEMM operands).
-GEMM_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+GEMM_PRECISIONS = ("fp32", "tf32x3", "tf32", "bf16", "fp16")
 # What dgamma is for a call without gamma (docs/SPEC.md): "grad", the gradient with respect to
 # the implicit all-ones gamma (the SPEC's convention, golden's); "zeros", exactly zero; "none", None.
 DGAMMA_WITHOUT_GAMMA = ("grad", "zeros", "none")

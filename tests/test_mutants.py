@@ -12,14 +12,15 @@ import tests.mutants as M
 
 def ci_sample() -> list:
     """The CI's kill table: one mutant per failure kind (the first in ALL that expects it and
-    runs on the CPU), the three historical bugs and the two-bug mutant. The whole table runs
-    under -m slow (nightly)."""
+    runs on the CPU) and the three historical bugs. The whole table, two_bugs and the GPU-only
+    context mutants included, runs under -m slow (nightly); the CI checks exploration past a
+    known bug in process (tests/test_run_pipeline.py)."""
     by_kind = {}
     for cls in M.ALL:
         # runs on the CPU: not the GPU's large tier, nor a bug that needs CUDA (a stream, a second GPU)
         if getattr(cls, "profile", None) is None and "cpu" in cls.capabilities.devices:
             by_kind.setdefault(cls.expected, cls)
-    picked = set(by_kind.values()) | {M.Stream0Only, M.DbiasResTwice, M.DgammaNoInvRmsRes, M.TwoBugs}
+    picked = set(by_kind.values()) | {M.Stream0Only, M.DbiasResTwice, M.DgammaNoInvRmsRes}
     return [cls for cls in M.ALL if cls in picked]
 
 
@@ -31,9 +32,7 @@ def test_ci_sample_covers_every_failure_kind():
     assert {FailureKind.CRASH, FailureKind.TIMEOUT, FailureKind.TOLERANCE} <= covered
 
 
-@pytest.mark.parametrize("scope", ["ci-sample", pytest.param("all", marks=pytest.mark.slow)])
-def test_every_mutant_is_killed_with_its_expected_kind(tmp_path, scope):
-    classes = ci_sample() if scope == "ci-sample" else M.ALL
+def _kill(classes, tmp_path) -> tuple:
     out = tmp_path / "kill.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
     # a fixed amount of work and a fixed Hypothesis seed: the verdict does not depend on the machine
@@ -43,14 +42,18 @@ def test_every_mutant_is_killed_with_its_expected_kind(tmp_path, scope):
                         "--reports", tmp_path / "reports", "--json", out],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
     print(r.stdout[-6000:])
-    rows = json.loads(out.read_text())["mutants"]
+    return r, json.loads(out.read_text())["mutants"]
+
+
+def _assert_killed_as_expected(classes, r, all_rows):
+    rows = all_rows
     assert {row["mutant"] for row in rows} == {cls.name for cls in classes}
     rows = [row for row in rows if not row["skipped"]]      # e.g. needs 2 GPUs: said in the table
     survived = [row["mutant"] for row in rows if not row["killed"]]
     assert not survived and r.returncode == 0, survived
     # only what cannot show on the CPU is skipped here, and the table says why
     from fuzz.check import backend_can_run
-    skipped = {row["mutant"]: row["skipped"] for row in json.loads(out.read_text())["mutants"] if row["skipped"]}
+    skipped = {row["mutant"]: row["skipped"] for row in all_rows if row["skipped"]}
     cannot_run_here = {cls.name for cls in classes if backend_can_run(getattr(M, cls.name), "cpu")}
     assert set(skipped) == cannot_run_here and all(skipped.values()), skipped
     killed = [row for row in rows if row["killed"]]
@@ -67,6 +70,30 @@ def test_every_mutant_is_killed_with_its_expected_kind(tmp_path, scope):
     # killed fast: within a few dozen cases (the seconds depend on the machine, the cases do not)
     slow = [(row["mutant"], row["cases_to_first_failure"]) for row in rows if row["cases_to_first_failure"] > 60]
     assert not slow, slow
+    return rows
+
+
+@pytest.mark.parametrize("mutant", [cls.name for cls in ci_sample()])
+def test_sampled_mutant_is_killed_with_its_expected_kind(tmp_path, mutant):
+    """One test per mutant of the CI's sample (so that they run side by side); its report
+    replays, as the report writes it, with the kind of the run that found it."""
+    classes = [getattr(M, mutant)]
+    r, rows = _kill(classes, tmp_path)
+    rows = _assert_killed_as_expected(classes, r, rows)
+    if rows and mutant not in RANDOM:
+        from fuzz.reports import load_report
+        from verbatim import run_line
+        rep = load_report(rows[0]["report"])
+        assert rep["plugins"] == [f"tests.mutants:{mutant}"]      # only its own plugin
+        replayed = run_line(rep["replay"], tmp_path)                 # in a fresh shell at the repo root
+        assert replayed.returncode == 1 and f"FAIL ({rep['kind']})" in replayed.stdout, \
+            replayed.stdout[-3000:] + replayed.stderr
+
+
+@pytest.mark.slow
+def test_every_mutant_is_killed_with_its_expected_kind(tmp_path):
+    r, rows = _kill(M.ALL, tmp_path)
+    rows = _assert_killed_as_expected(M.ALL, r, rows)
     _replays_give_the_same_verdicts(rows, tmp_path)
 
 

@@ -62,7 +62,7 @@ def test_search_goes_on_past_a_known_bug_and_finds_the_rare_one(tmp_path):
 def test_budget_is_a_hard_limit_a_running_case_is_not_a_failure(tmp_path):
     """`hangs` spins forever on D >= 2; with a case timeout far beyond the budget, the run still
     ends at its budget: the case in flight is stopped and counted as not run."""
-    budget = 15
+    budget = 40         # counts from the start of the process: worker start-up and a first case fit in it
     t0 = time.monotonic()
     r = cli("run", "--plugin", "tests.mutants:hangs", "--backend", "hangs", "--budget", f"{budget}s",
             "--case-timeout", "600", "--device", "cpu", "--profile", "ci", "--db", "none",
@@ -71,7 +71,10 @@ def test_budget_is_a_hard_limit_a_running_case_is_not_a_failure(tmp_path):
     doc = json.loads((tmp_path / "out" / "summary.json").read_text())
     (hangs,) = doc["backends"]
     assert hangs["not_run"] >= 1 and hangs["findings"] == [] and r.returncode == 0, r.stdout + r.stderr
-    assert elapsed < budget + 20, elapsed     # the budget, not the 600 s case timeout
+    # ended by the budget, not by the 600 s case timeout (the margin is for a loaded machine:
+    # starting Python, torch and the worker is not what this measures)
+    assert elapsed < 300, elapsed
+    assert hangs["seconds"] <= budget + 5, hangs["seconds"]
 
 
 def _outputs_of(out, junit, js):
