@@ -15,7 +15,12 @@ report.) Chunks after the first skip Hypothesis's replay of saved examples: thos
 settled failures, and replaying them as passes would also delete them from the database.
 
 The deadline is hard: a case still running at the end of the budget is stopped by the
-executor and counted as not run, and a case that would start after it is not started."""
+executor and counted as not run, and a case that would start after it is not started.
+
+With a worker process (fuzz/executor.py), a new failure is first triaged by fuzz/history.py:
+one that passes alone in a fresh process but fails again after the worker's recent calls is
+recorded as history-dependent, with the few earlier calls it needs; seen again, it is counted
+as a hit and not shrunk (Hypothesis cannot shrink what came before the case)."""
 from __future__ import annotations
 
 import math
@@ -299,7 +304,10 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         stats.interrupted = True
     while not stats.interrupted and time.monotonic() < deadline and not done():
         test = given(params=strategy)(prop)
-        phases = tuple(Phase) if chunk == 0 else tuple(p for p in Phase if p is not Phase.reuse)
+        # no explain phase: it reruns the shrunk case with each choice varied, only to word a
+        # failure message that is never shown (failures are recorded by the property), at the
+        # cost of a case per choice (a case's context and layouts add a dozen choices)
+        phases = tuple(p for p in Phase if p is not Phase.explain and (chunk == 0 or p is not Phase.reuse))
         test = settings(max_examples=opts.chunk_examples, deadline=None, database=opts.database,
                         derandomize=False, report_multiple_bugs=True, verbosity=Verbosity.quiet,
                         phases=phases, suppress_health_check=list(HealthCheck), print_blob=False)(test)
