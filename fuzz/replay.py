@@ -98,6 +98,10 @@ def run(args, console) -> int:
             why = unavailable(params, device)
             if why:
                 raise HarnessError(f"{path}: cannot replay here: its context is unavailable: {why}")
+            for earlier in dict.fromkeys(h["backend"] for h in rep.get("history") or []):
+                if earlier not in reg.backends:     # its earlier calls are made by their own backends
+                    raise HarnessError(missing_backend(path, rep, earlier, reg.names())
+                                       .replace(f"{path}: ", f"{path}: an earlier call's ", 1))
             tensors = tensors_path(path, rep)
             timeout = args.case_timeout or rep.get("case_timeout_s") or DEFAULT_CASE_TIMEOUT_S
             if needs_fresh_worker(rep):     # earlier calls, or the first call in a process
