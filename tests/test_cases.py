@@ -131,8 +131,9 @@ def test_invalid_parameters_are_named(fields, message):
 
 
 def test_without_gamma_there_is_no_gamma_tensor():
-    inp = make_inputs(CaseParams(1, 2, 2, 4, use_gamma=False, seed=1))
-    assert inp.gamma is None and "gamma" not in inp.tensors()
+    p = CaseParams(1, 2, 2, 4, use_gamma=False, seed=1)
+    inp = make_inputs(p)
+    assert inp.params == p and inp.gamma is None and "gamma" not in inp.tensors()
     assert inp.backward_args()[-1] is None and inp.forward_args()[-1] is None
     assert [t is getattr(inp, k) for k, t in zip(inp.BACKWARD_ARGS, inp.backward_args())] == [True] * 12
     assert set(inp.tensors()) == set(inp.BACKWARD_ARGS) - {"gamma"}
