@@ -101,6 +101,7 @@ COMPONENTS = sorted(BACKWARD + FORWARD)
     (_set(["lambda"], float("inf")), "lambda: must be a finite non-negative number, got inf"),
     (_set(["underflow"], -1), "underflow: must be a finite non-negative number, got -1"),
     (_set(["components"], 3), "components: missing or not a mapping"),
+    (_set(["components", "dgamma"], DELETE), "components.dgamma: missing"),
     (_set(["components", "dfoo"], {}), f"components.dfoo: unknown component (expected one of {COMPONENTS})"),
     (_set(["components", "dx"], 3), "components.dx: must be a mapping"),
     (_set(["components", "dx", "sums"], DELETE), "components.dx.sums: missing"),
