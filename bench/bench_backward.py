@@ -6,7 +6,7 @@
 Columns: golden eager, torch.compile(golden backward), then every backend of
 impls.registry.default_registry() that is available here and is not golden (triton,
 tilelang, plugins, ...). For each: median time (CUDA events, L2 flushed by a read sweep before
-each run: see flush_l2), its ratio to the memory roofline (bytes that must move / device bandwidth measured
+each run: see fuzz/timing.py), its ratio to the memory roofline (bytes that must move / device bandwidth measured
 in this run by a large device-to-device copy), its ratio to torch.compile(golden), and the
 peak extra memory (max_memory_allocated during the call minus inputs and outputs).
 For the triton backend also each of its four backward kernels against its own bytes, and for
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -31,100 +30,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from impls.golden import mhc_forward, mhc_pre_backward_manual, mix_width  # noqa: E402
+from fuzz import timing  # noqa: E402
+# The timing method (CUDA events, read-sweep L2 flush, median, bytes model, copy bandwidth)
+# lives in fuzz/timing.py, shared with the onboarding card; bench_tilelang.py uses these names.
+from fuzz.timing import (bench_ms, bwd_bytes, compiled_golden, fwd_bytes, make_inputs,  # noqa: E402
+                         measure_bandwidth, wall_ms)
+from impls.golden import mhc_forward, mhc_pre_backward_manual  # noqa: E402
 from impls.registry import DTYPES, default_registry, unavailable_reason  # noqa: E402
 
 MiB = 1 << 20
-
-
-FLUSH_BYTES = 256 << 20          # > the L2 of any current GPU (H100: 50 MB)
-FLUSH = "read"                   # --flush; "write" is triton.testing.do_bench's memset
-_flush_buf: dict = {}
-
-
-def flush_l2(mode: str = "") -> None:
-    """Evict the L2 before a timed run.
-
-    "read" (default) sweeps a 256 MiB buffer with a read-only reduction, so the L2 is left
-    holding clean lines. triton.testing.do_bench's flush, "write", is a 256 MiB memset: it
-    leaves the L2 full of dirty lines, which the timed kernel writes back to DRAM as its own
-    accesses evict them, so up to 50 MB of the flush's traffic is charged to the kernel.
-    Measured on an H100 at T=32768, n=4, D=7168: Triton's dgamma kernel (58 MB) 33.0 us after
-    "write" and 24.5 us after "read"; torch's sum over the same 52 MB 30.3 vs 25.3 us; the
-    whole backward (4.2 GB) 3.197 vs 3.183 ms."""
-    mode = mode or FLUSH
-    if "buf" not in _flush_buf:
-        _flush_buf["buf"] = torch.ones(FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
-        _flush_buf["out"] = torch.empty((), dtype=torch.float32, device="cuda")
-    if mode == "write":
-        _flush_buf["buf"].zero_()
-    else:
-        torch.sum(_flush_buf["buf"], dim=0, out=_flush_buf["out"])
-
-
-def bench_ms(fn, warmup=25, rep=100, flush: str = "") -> float:
-    """Median milliseconds of fn() on the GPU: CUDA events around each run, the L2 flushed
-    before each (flush_l2), warm-up and repeat counts sized like triton.testing.do_bench's."""
-    fn()
-    torch.cuda.synchronize()
-    ev = lambda: torch.cuda.Event(enable_timing=True)  # noqa: E731
-    a, b = ev(), ev()
-    a.record()
-    for _ in range(5):
-        flush_l2(flush)
-        fn()
-    b.record()
-    torch.cuda.synchronize()
-    est = max(a.elapsed_time(b) / 5, 1e-3)   # includes the flush: counts stay bounded
-    for _ in range(max(1, int(warmup / est))):
-        fn()
-    n = max(5, int(rep / est))
-    starts, ends = [ev() for _ in range(n)], [ev() for _ in range(n)]
-    for i in range(n):
-        flush_l2(flush)
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    return times[len(times) // 2]
-
-
-def wall_ms(fn, gpu_ms: float) -> float:
-    """Mean milliseconds per call of back-to-back calls, host work included: what a caller
-    waits at small T, where launching kernels, not the GPU, is the limit (~0.3 s of calls)."""
-    iters = max(3, min(200, int(300 / max(gpu_ms, 1e-3))))
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters * 1e3
-
-
-def measure_bandwidth(nbytes=2 << 30) -> float:
-    """Device memory bandwidth in bytes/s: a large copy counts bytes read + bytes written."""
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()
-    dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src))
-    del src, dst
-    torch.cuda.empty_cache()
-    return 2 * nbytes / (ms * 1e-3)
-
-
-# ---------------------------------------------------------------- bytes that must move
-def bwd_bytes(T, n, D, xb):
-    F, K = mix_width(n), n * D
-    big = T * K * xb * 2 + T * D * xb                  # read x, write dx, read dh_in
-    params = F * K * 4 * 2 + K * 4 * 2 + F * 4 + 3 * 4  # phi, dphi, gamma, dgamma, dbias, dalpha (+ alpha, bias)
-    small = T * (1 + F + n + n + n + n * n) * 4        # inv_rms, h_mix, h_pre, h_post, dh_post, dh_res
-    return big + params + small
-
-
-def fwd_bytes(T, n, D, xb):
-    F, K = mix_width(n), n * D
-    return T * K * xb + T * D * xb + F * K * 4 + K * 4 + T * (1 + F + n + n + n * n) * 4
 
 
 def triton_kernel_bytes(plan, xb):
@@ -141,24 +55,7 @@ def triton_kernel_bytes(plan, xb):
     }
 
 
-# ---------------------------------------------------------------- inputs
-def make_inputs(T, n, D, dtype, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    F, K = mix_width(n), n * D
-    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
-    x = r(1, T, n, D).to(dtype)
-    phi = r(F, K) / math.sqrt(K)
-    alpha = torch.tensor([0.8, 1.1, 0.9], device="cuda")
-    bias = r(F) * 0.1
-    gamma = 1 + 0.25 * r(n, D)
-    with torch.no_grad():
-        _, h_post, _, inv_rms, h_mix, h_pre = mhc_forward(x, phi, alpha, bias, gamma)
-    dh_in = r(1, T, D).to(dtype)
-    dh_post, dh_res = r(1, T, n), r(1, T, n, n)
-    bwd = (x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma)
-    return bwd, (x, phi, alpha, bias, gamma)
-
-
+# ---------------------------------------------------------------- memory
 def tensor_bytes(ts):
     return sum(t.numel() * t.element_size() for t in ts if isinstance(t, torch.Tensor))
 
@@ -179,12 +76,6 @@ def peak_extra_mib(fn, inputs) -> float:
 
 
 # ---------------------------------------------------------------- implementations
-def compiled_golden(dynamic):
-    """torch.compile of the golden manual backward."""
-    return torch.compile(mhc_pre_backward_manual, dynamic=dynamic)
-
-
-
 def implementations(args):
     """name -> (backward fn(*bwd_args), forward fn(*fwd_args) or None, backend or None)."""
     impls = {"golden": (mhc_pre_backward_manual, mhc_forward, None)}
@@ -404,8 +295,7 @@ def main(argv=None):
     ap.add_argument("--flush", choices=["read", "write"], default="read",
                     help="how the L2 is flushed before each timed run (see flush_l2)")
     args = ap.parse_args(argv)
-    global FLUSH
-    FLUSH = args.flush
+    timing.FLUSH = args.flush
     if not torch.cuda.is_available():
         print("bench_backward.py needs a CUDA device")
         return 2
@@ -419,7 +309,7 @@ def main(argv=None):
     ok = True
     bw = measure_bandwidth()
     doc["bandwidth_Bps"] = bw
-    doc["l2_flush"] = FLUSH
+    doc["l2_flush"] = timing.FLUSH
     if args.tune:
         doc["tune"] = run_tune(args, bw)
     try:

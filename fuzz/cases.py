@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from impls.golden import mhc_forward, mix_width
+from impls.golden import mhc_forward
+from impls.schema import BACKWARD_ARGS, FORWARD_ARGS, X_DTYPES, mix_width
 from fuzz.precision import TORCH_DTYPE
 
 LAYOUTS = ("contiguous", "offset", "strided", "transposed")
@@ -75,19 +76,56 @@ class CaseParams:
     def validated(self) -> "CaseParams":
         for k in ("B", "S", "n", "D"):
             v = getattr(self, k)
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"case parameter {k} must be a positive int, got {v!r}")
-        if self.x_dtype not in ("bf16", "fp16", "fp32"):
-            raise ValueError(f"x_dtype must be bf16, fp16 or fp32, got {self.x_dtype!r}")
+        if self.x_dtype not in X_DTYPES:
+            raise ValueError(f"x_dtype must be {', '.join(X_DTYPES[:-1])} or {X_DTYPES[-1]}, got {self.x_dtype!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if len(self.alpha) != 3:
             raise ValueError("alpha must have 3 values")
+        _check_ranges(self)
         return self
+
+    def capability_query(self, device: str) -> dict:
+        """What Capabilities.refusal() is asked about this case."""
+        return dict(device=device, x_dtype=self.x_dtype, n=self.n, D=self.D, T=self.T)
 
     def short(self) -> str:
         return (f"B={self.B} S={self.S} n={self.n} D={self.D} {self.x_dtype} seed={self.seed} "
                 f"layout={self.layout}")
+
+
+# Sane bounds on what a case may ask for (a report is data from anywhere): every size fits
+# int64 index arithmetic and every scale a finite float64, so building a case cannot overflow.
+# Whether a case fits a device's memory is a separate check (fuzz/sizes.py).
+MAX_TOKENS_PER_DIM = 1 << 31      # B and S
+MAX_N = 64
+MAX_D = 1 << 20
+MAX_ELEMENTS = 1 << 40            # T*n*D
+MAX_LOG_SCALE = 30.0              # |x_scale|, |phi_scale|, |grad_scale|, |gamma_scale|
+
+
+def _check_ranges(p: "CaseParams"):
+    for k, top in (("B", MAX_TOKENS_PER_DIM), ("S", MAX_TOKENS_PER_DIM), ("n", MAX_N), ("D", MAX_D)):
+        if getattr(p, k) > top:
+            raise ValueError(f"case parameter {k}={getattr(p, k)} is larger than {top}")
+    if p.T * p.n * p.D > MAX_ELEMENTS:
+        raise ValueError(f"case of B*S*n*D = {p.T * p.n * p.D} elements: more than {MAX_ELEMENTS}")
+    reals = {"x_scale": MAX_LOG_SCALE, "phi_scale": MAX_LOG_SCALE, "grad_scale": MAX_LOG_SCALE,
+             "gamma_scale": MAX_LOG_SCALE, "bias_shift": 1e6, "outlier_factor": 1e6}
+    for k, top in reals.items():
+        v = getattr(p, k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= top:
+            raise ValueError(f"case parameter {k} must be a number within +-{top:g}, got {v!r}")
+    if any(isinstance(a, bool) or not isinstance(a, (int, float)) or not abs(a) <= 1e6 for a in p.alpha):
+        raise ValueError(f"alpha must be 3 numbers within +-1e6, got {p.alpha!r}")
+    for k, top in (("seed", 1 << 62), ("zero_tokens", 1 << 24), ("outliers", 1 << 24)):   # picked with repeats
+        v = getattr(p, k)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= top:
+            raise ValueError(f"case parameter {k} must be an int in [0, {top}], got {v!r}")
+    if not isinstance(p.use_gamma, bool):
+        raise ValueError(f"case parameter use_gamma must be true or false, got {p.use_gamma!r}")
 
 
 def _hash32(v: torch.Tensor) -> torch.Tensor:
@@ -98,10 +136,11 @@ def _hash32(v: torch.Tensor) -> torch.Tensor:
     return v ^ (v >> 16)
 
 
-def uniform(seed: int, stream: str, shape, device) -> torch.Tensor:
-    """float64 values in [-1, 1), multiples of 2^-23, identical on every device."""
+def uniform(seed: int, stream: str, shape, device, start: int = 0) -> torch.Tensor:
+    """float64 values in [-1, 1), multiples of 2^-23, identical on every device; `start`: the
+    flat index of the first element (a part of a bigger tensor, built piece by piece)."""
     numel = math.prod(shape)
-    idx = torch.arange(numel, dtype=torch.int64, device=device)
+    idx = torch.arange(start, start + numel, dtype=torch.int64, device=device)
     key = _hash32(torch.tensor([(seed * 0x9E3779B1 + _STREAMS[stream] * 0x85EBCA77) & _MASK32],
                                dtype=torch.int64, device=device))
     h = _hash32(_hash32(idx ^ key) + (idx >> 32) + key)
@@ -133,9 +172,8 @@ class Inputs:
     dh_post: torch.Tensor
     dh_res: torch.Tensor
 
-    BACKWARD_ARGS = ("x", "phi", "alpha", "bias", "inv_rms", "h_mix", "h_pre", "h_post",
-                     "dh_in", "dh_post", "dh_res", "gamma")
-    FORWARD_ARGS = ("x", "phi", "alpha", "bias", "gamma")
+    BACKWARD_ARGS = BACKWARD_ARGS
+    FORWARD_ARGS = FORWARD_ARGS
 
     def backward_args(self):
         return tuple(getattr(self, k) for k in self.BACKWARD_ARGS)
@@ -169,6 +207,9 @@ def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
 def make_inputs(p: CaseParams, device="cpu") -> Inputs:
     """Build a case's tensors on `device` (bit-identical across devices, see module doc)."""
     p = p.validated()
+    from fuzz import chunks
+    if chunks.needed(p):            # too big for float64 copies of x: built token chunk by token chunk
+        return chunks.make_inputs(p, device)
     B, S, n, D, F = p.B, p.S, p.n, p.D, p.F
     dt = TORCH_DTYPE[p.x_dtype]
     f64 = lambda name, shape: uniform(p.seed, name, shape, device)  # noqa: E731

@@ -1,7 +1,10 @@
-"""One differential check: run a backend on one case and judge every output.
+"""One differential check: run a backend on one case and judge it, check by check.
 
 This is the unit everything else is built from: the Hypothesis property, replay of a
-report, onboarding and the mutant kill table all call run_case()."""
+report, onboarding and the mutant kill table all call run_case() (or run_inputs() on
+tensors given as they are). The checks are the functions listed in CHECKS, in the order
+they run; the first that fails gives the case its FailureKind (fuzz/kinds.py). Adding a
+check is one function and one entry in that list."""
 from __future__ import annotations
 
 import time
@@ -10,25 +13,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fuzz import chunks, poison
 from fuzz import compare as cmp
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams, Inputs, make_inputs
 from fuzz.guards import damaged, guarded
-from fuzz.precision import TORCH_DTYPE, UNIT_ROUNDOFF
-from fuzz.truth import BACKWARD, FORWARD, magnitudes, truth
+from fuzz.kinds import FailureKind
+from fuzz.precision import UNIT_ROUNDOFF
+from fuzz.truth import magnitudes, truth
 from impls.registry import unavailable_reason
-
-# Failure kinds, each its own signature in reports.
-TOLERANCE = "tolerance"              # an output outside its derived bound
-NONFINITE = "nonfinite"              # NaN/Inf where the truth is finite, or the reverse
-EXCEPTION = "exception"              # raised on an input inside its capabilities
-CONTRACT = "contract"                # wrong number/shape/dtype/device of outputs
-ACCEPTED_UNSUPPORTED = "accepted-unsupported"  # computed an input it declares unsupported
-INPUT_MUTATED = "input-mutated"      # changed one of its inputs
-NONDETERMINISTIC = "nondeterministic"  # declared deterministic, two runs differ bitwise
-CRASH = "crash"                      # killed its process (segfault, CUDA context lost)
-TIMEOUT = "timeout"                  # did not return within the per-case limit
-OUT_OF_BOUNDS = "out-of-bounds"      # wrote outside its buffers (guard regions changed)
+from impls.schema import BACKWARD_OUTPUTS, FORWARD_OUTPUTS, output_specs
 
 REFUSAL_ERRORS = (ValueError, TypeError, NotImplementedError)
 
@@ -39,7 +33,7 @@ class CaseResult:
     params: CaseParams
     device: str
     status: str                        # pass | fail | refused
-    kind: str = ""                     # failure kind when status == fail
+    kind: str = ""                     # a FailureKind when status == fail
     verdicts: list = field(default_factory=list)
     message: str = ""
     seconds: float = 0.0
@@ -67,7 +61,9 @@ class CaseResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CaseResult":
-        return cls(d["backend"], CaseParams.from_dict(d["params"]), d["device"], d["status"], d.get("kind", ""),
+        kind = d.get("kind") or ""
+        return cls(d["backend"], CaseParams.from_dict(d["params"]), d["device"], d["status"],
+                   FailureKind(kind) if kind else "",
                    [cmp.Verdict.from_dict(v) for v in d.get("verdicts", [])], d.get("message", ""),
                    d.get("seconds", 0.0), d.get("backend_stats") or {})
 
@@ -81,116 +77,241 @@ def _mutated(inp: Inputs, before: dict) -> list:
             (t.is_floating_point() and torch.equal(torch.nan_to_num(t), torch.nan_to_num(before[k])))]
 
 
-def _expected_specs(p: CaseParams, direction: str):
-    xdt = TORCH_DTYPE[p.x_dtype]
-    B, S, n, D, F = p.B, p.S, p.n, p.D, p.F
-    f32 = torch.float32
-    if direction == "backward":
-        return {"dx": ((B, S, n, D), xdt), "dphi": ((F, n * D), f32), "dalpha": ((3,), f32),
-                "dbias": ((F,), f32), "dgamma": ((n, D), f32)}
-    return {"h_in": ((B, S, D), xdt), "h_post": ((B, S, n), f32), "h_res": ((B, S, n, n), f32),
-            "inv_rms": ((B, S), f32), "h_mix": ((B, S, F), f32), "h_pre": ((B, S, n), f32)}
-
-
 def _judge(outputs, p: CaseParams, device, direction, ref, mags, tols, caps) -> tuple[list, str]:
-    names = BACKWARD if direction == "backward" else FORWARD
-    specs = _expected_specs(p, direction)
+    """Verdicts for every output of one call, and the failure kind they add up to ('' if none)."""
+    names = BACKWARD_OUTPUTS if direction == "backward" else FORWARD_OUTPUTS
+    specs = output_specs(p.B, p.S, p.n, p.D, p.x_dtype, direction)
     if not isinstance(outputs, (tuple, list)) or len(outputs) != len(names):
         got = len(outputs) if isinstance(outputs, (tuple, list)) else type(outputs).__name__
-        return [cmp.contract_verdict(direction, f"{direction} returned {got}, expected {len(names)} tensors")], CONTRACT
+        return ([cmp.contract_verdict(direction, f"{direction} returned {got}, expected {len(names)} tensors")],
+                FailureKind.CONTRACT)
     verdicts, kind = [], ""
     u_acc = UNIT_ROUNDOFF["fp32"]
     for name, out in zip(names, outputs):
         u_gemm = UNIT_ROUNDOFF[caps.gemm_precision_of(name, p.x_dtype)]
         shape, dtype = specs[name]
+        if name == "dgamma" and not p.use_gamma and caps.dgamma_without_gamma != "grad":
+            v = _dgamma_by_convention(out, caps.dgamma_without_gamma, shape, dtype, device)
+            verdicts.append(v)
+            if not v.passed and not kind:
+                kind = FailureKind.CONTRACT if v.problem else FailureKind.TOLERANCE
+            continue
         problem = cmp.contract_problem(name, out, shape, dtype, device)
         if problem:
             verdicts.append(cmp.contract_verdict(name, problem))
-            kind = CONTRACT
+            kind = FailureKind.CONTRACT
             continue
         rule = tols.rule(name, p.x_dtype)
         bound = rule.bound(ref[name], mags[name], p.dims(), u_acc, u_gemm)
         v = cmp.compare(name, out, ref[name], bound, dtype)
         verdicts.append(v)
         if not v.passed and not kind:
-            kind = NONFINITE if v.nonfinite_mismatches else TOLERANCE
-    if kind != CONTRACT and any(v.nonfinite_mismatches for v in verdicts):
-        kind = NONFINITE
+            kind = FailureKind.NONFINITE if v.nonfinite_mismatches else FailureKind.TOLERANCE
+    if kind != FailureKind.CONTRACT and any(v.nonfinite_mismatches for v in verdicts):
+        kind = FailureKind.NONFINITE
     return verdicts, kind
+
+
+def _judge_case(c, outputs, direction) -> tuple[list, str]:
+    """_judge on the case's truth; a case too big for one float64 pass is judged token chunk by
+    token chunk (fuzz/chunks.py)."""
+    if chunks.needed(c.res.params):
+        return chunks.judge(outputs, c.inp, direction, c.tols, c.caps, c.res.device)
+    ref, mags = c.truth()
+    return _judge(outputs, c.res.params, c.res.device, direction, ref, mags, c.tols, c.caps)
+
+
+def _dgamma_by_convention(out, convention, shape, dtype, device):
+    """dgamma of a call without gamma, for a backend that declares it returns zeros or None
+    there (Capabilities.dgamma_without_gamma) instead of the gradient of the implicit ones."""
+    if convention == "none":
+        if out is None:
+            return cmp.Verdict("dgamma", True, 0.0, 0.0, 0.0, (), 0)
+        return cmp.contract_verdict("dgamma", "dgamma: declared dgamma_without_gamma='none', but returned "
+                                              f"{type(out).__name__} for a call without gamma, not None")
+    problem = cmp.contract_problem("dgamma", out, shape, dtype, device)
+    if problem:
+        return cmp.contract_verdict("dgamma", problem)
+    zeros = torch.zeros(shape, dtype=torch.float64, device=out.device)
+    return cmp.compare("dgamma", out, zeros, zeros, dtype)      # declared zeros: exactly zero
+
+
+def _verdict_message(verdicts) -> str:
+    bad = [v for v in verdicts if not v.passed]
+    return "; ".join(
+        v.problem or f"{v.component}: worst error/bound {v.worst_ratio:.3g} at {list(v.worst_index)}"
+        f" (out {v.out_at_worst:.6g}, truth {v.truth_at_worst:.6g}, bound {v.bound_at_worst:.3g}"
+        f"{', %d NaN/Inf mismatches' % v.nonfinite_mismatches if v.nonfinite_mismatches else ''})"
+        for v in bad[:3])
+
+
+@dataclass
+class CaseRun:
+    """What the checks of one case share: the backend, its inputs, what it returned."""
+    backend: object
+    res: CaseResult
+    inp: Inputs
+    tols: object
+    check_determinism: bool | None
+    check_forward: bool
+    refusal: str | None = None         # why the case is outside the declared capabilities
+    guards: dict = field(default_factory=dict)
+    before: dict = field(default_factory=dict)
+    outputs: object = None
+    ref: dict | None = None
+    mags: dict | None = None
+    truth_of: object = truth           # inputs -> float64 reference outputs (fuzz/truth.py)
+
+    @property
+    def caps(self):
+        return self.backend.capabilities
+
+    def fail(self, kind: FailureKind, message: str):
+        self.res.status, self.res.kind, self.res.message = "fail", kind, message
+
+    def truth(self):
+        if self.ref is None:
+            self.ref, self.mags = self.truth_of(self.inp), magnitudes(self.inp)
+        return self.ref, self.mags
+
+
+# ------------------------------------------------------------------ the checks, in order
+# Each check looks at one property of the call and either returns quietly or ends the case
+# (c.fail(...), or a refusal). They run in CHECKS order, and the first failure is the case's
+# kind: e.g. the inputs are checked for changes before the outputs are judged, because the
+# truth must be computed from the inputs the backend was given.
+
+def poison_memory(c: CaseRun):
+    """From here on, every call of the backend runs on poisoned memory (fuzz/poison.py): what its
+    outputs are allocated from holds NaN before its first call, a second fill before later ones."""
+    if poison.enabled():
+        c.backend = poison.PoisonedBackend(c.backend, c.res.params, c.res.device)
+
+
+def call_backend(c: CaseRun):
+    """The call itself: inside the capabilities it must return, outside them it must refuse."""
+    c.refusal = c.caps.refusal(**c.res.params.capability_query(c.res.device))
+    for k, t in c.inp.tensors().items():      # every input inside guard regions (fuzz/guards.py)
+        view, c.guards[k] = guarded(t)
+        setattr(c.inp, k, view)
+    c.before = _clone(c.inp)
+    try:
+        c.outputs = c.backend.backward(*c.inp.backward_args())
+    except REFUSAL_ERRORS as exc:
+        if c.refusal:
+            c.res.status, c.res.message = "refused", f"refused as declared ({c.refusal}): {exc}"
+        else:
+            c.fail(FailureKind.EXCEPTION, f"raised {type(exc).__name__} on a supported input: {exc}")
+        return
+    except Exception as exc:  # any other error is a failure, supported input or not
+        c.fail(FailureKind.EXCEPTION, f"raised {type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=6))
+        return
+    if c.refusal:
+        c.fail(FailureKind.ACCEPTED_UNSUPPORTED,
+               f"computed an input outside its capabilities ({c.refusal}) instead of refusing it")
+
+
+def guard_regions(c: CaseRun):
+    overwritten = [f"{k} ({side})" for k, buf in c.guards.items() if (side := damaged(buf))]
+    if overwritten:
+        c.fail(FailureKind.OUT_OF_BOUNDS,
+               f"wrote outside its buffers: guard regions changed around {', '.join(overwritten)}")
+
+
+def inputs_unchanged(c: CaseRun):
+    mutated = _mutated(c.inp, c.before)
+    if mutated:
+        c.fail(FailureKind.INPUT_MUTATED, f"modified its input(s): {', '.join(mutated)}")
+
+
+def unwritten_outputs(c: CaseRun):
+    """No output element may still hold the fill its memory had before the call (or be computed
+    from memory nobody wrote): confirmed by one rerun on the second fill, made only then."""
+    if isinstance(c.backend, poison.PoisonedBackend):
+        second = poison.second_word(c.res.device)
+        rerun = lambda: c.backend.call("backward", _fresh(c.inp, c.before), second)  # noqa: E731
+        found = poison.inspect(c.outputs, "backward", c.res.device, rerun)
+        if found:
+            c.fail(*found)
+
+
+def backward_values(c: CaseRun):
+    verdicts, kind = _judge_case(c, c.outputs, "backward")
+    c.res.verdicts = verdicts
+    if kind:
+        c.fail(kind, _verdict_message(verdicts))
+
+
+def forward_unwritten(c: CaseRun):
+    """The same for the forward's outputs, on a forward call of its own (forward_values then
+    calls it again, on the second fill)."""
+    if not (isinstance(c.backend, poison.PoisonedBackend) and c.check_forward and c.caps.has_forward):
+        return
+    try:
+        fwd = c.backend.forward(*c.inp.forward_args())
+    except Exception:
+        return                      # forward_values reports it
+    rerun = lambda: c.backend.call("forward", c.inp.forward_args(), poison.second_word(c.res.device))  # noqa: E731
+    found = poison.inspect(fwd, "forward", c.res.device, rerun)
+    if found:
+        c.fail(*found)
+
+
+def forward_values(c: CaseRun):
+    if not (c.check_forward and c.caps.has_forward):
+        return
+    try:
+        fwd = c.backend.forward(*c.inp.forward_args())
+    except Exception as exc:
+        c.fail(FailureKind.EXCEPTION, f"forward raised {type(exc).__name__}: {exc}")
+        return
+    verdicts, kind = _judge_case(c, fwd, "forward")
+    c.res.verdicts += verdicts
+    if kind:
+        c.fail(kind, _verdict_message(verdicts))
+
+
+def determinism(c: CaseRun):
+    if not (c.caps.deterministic if c.check_determinism is None else c.check_determinism):
+        return
+    try:
+        again = c.backend.backward(*_fresh(c.inp, c.before))
+    except Exception as exc:
+        c.fail(FailureKind.EXCEPTION, f"second run (determinism check) raised {type(exc).__name__}: {exc}")
+        return
+    diff = [n for n, a, b in zip(BACKWARD_OUTPUTS, c.outputs, again)
+            if not (a is None and b is None) and (a is None or b is None or not torch.equal(a, b))]
+    if diff:
+        c.fail(FailureKind.NONDETERMINISTIC,
+               f"declared deterministic, but two runs differ bitwise in {', '.join(diff)}")
+
+
+CHECKS = (poison_memory, call_backend, guard_regions, inputs_unchanged, unwritten_outputs, backward_values,
+          forward_unwritten, forward_values, determinism)
 
 
 def run_case(backend, params: CaseParams, device: str = "cpu", tolerances=None,
              check_determinism: bool | None = None, check_forward: bool = True) -> CaseResult:
     """Run `backend` on `params` and judge it. Never raises for a backend's misbehaviour."""
+    return run_inputs(backend, make_inputs(params, device), device, tolerances, check_determinism, check_forward)
+
+
+def run_inputs(backend, inp: Inputs, device: str = "cpu", tolerances=None,
+               check_determinism: bool | None = None, check_forward: bool = True,
+               truth_of=truth) -> CaseResult:
+    """Run every check of CHECKS on `inp` (a case's tensors), in order, until one fails.
+    `truth_of`: fuzz.truth.truth for generated cases, truth_from_saved for given tensors."""
     t0 = time.perf_counter()
-    res = CaseResult(backend.name, params, device, "pass")
-    _run_and_judge(backend, res, tolerances or tolmod.load(), check_determinism, check_forward)
+    res = CaseResult(backend.name, inp.params, device, "pass")
+    c = CaseRun(backend, res, inp, tolerances or tolmod.load(), check_determinism, check_forward,
+                truth_of=truth_of)
+    for check in CHECKS:
+        check(c)
+        if res.status != "pass":
+            break
     res.seconds = time.perf_counter() - t0
     res.backend_stats = backend_stats(backend)
     return res
-
-
-def _run_and_judge(backend, res: CaseResult, tols, check_determinism, check_forward) -> None:
-    """Fill `res` in place; each early return is one failure kind, judged in this order."""
-    params, device, caps = res.params, res.device, backend.capabilities
-
-    def fail(kind, message):
-        res.status, res.kind, res.message = "fail", kind, message
-
-    refusal = caps.refusal(device=device, x_dtype=params.x_dtype, n=params.n, D=params.D, T=params.T)
-    inp = make_inputs(params, device)
-    guards = {}
-    for k, t in inp.tensors().items():      # every input inside guard regions (see fuzz/guards.py)
-        view, guards[k] = guarded(t)
-        setattr(inp, k, view)
-    before = _clone(inp)
-    try:
-        outputs = backend.backward(*inp.backward_args())
-    except REFUSAL_ERRORS as exc:
-        if refusal:
-            res.status, res.message = "refused", f"refused as declared ({refusal}): {exc}"
-        else:
-            fail(EXCEPTION, f"raised {type(exc).__name__} on a supported input: {exc}")
-        return
-    except Exception as exc:  # any other error is a failure, supported input or not
-        return fail(EXCEPTION, f"raised {type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=6))
-    if refusal:
-        return fail(ACCEPTED_UNSUPPORTED,
-                    f"computed an input outside its capabilities ({refusal}) instead of refusing it")
-
-    overwritten = [f"{k} ({side})" for k, buf in guards.items() if (side := damaged(buf))]
-    if overwritten:
-        return fail(OUT_OF_BOUNDS, f"wrote outside its buffers: guard regions changed around {', '.join(overwritten)}")
-    mutated = _mutated(inp, before)
-    if mutated:      # judged first: the truth below must see the inputs the backend was given
-        return fail(INPUT_MUTATED, f"modified its input(s): {', '.join(mutated)}")
-
-    ref, mags = truth(inp), magnitudes(inp)
-    verdicts, kind = _judge(outputs, params, device, "backward", ref, mags, tols, caps)
-    if check_forward and caps.has_forward and not kind:
-        try:
-            fwd = backend.forward(*inp.forward_args())
-            fv, kind = _judge(fwd, params, device, "forward", ref, mags, tols, caps)
-            verdicts += fv
-        except Exception as exc:
-            kind = EXCEPTION
-            res.message = f"forward raised {type(exc).__name__}: {exc}"
-    res.verdicts = verdicts
-    if kind:
-        bad = [v for v in verdicts if not v.passed]
-        return fail(kind, res.message or "; ".join(
-            v.problem or f"{v.component}: worst error/bound {v.worst_ratio:.3g} at {list(v.worst_index)}"
-            f" (out {v.out_at_worst:.6g}, truth {v.truth_at_worst:.6g}, bound {v.bound_at_worst:.3g}"
-            f"{', %d NaN/Inf mismatches' % v.nonfinite_mismatches if v.nonfinite_mismatches else ''})"
-            for v in bad[:3]))
-    if caps.deterministic if check_determinism is None else check_determinism:
-        try:
-            again = backend.backward(*_fresh(inp, before))
-        except Exception as exc:
-            return fail(EXCEPTION, f"second run (determinism check) raised {type(exc).__name__}: {exc}")
-        diff = [n for n, a, b in zip(BACKWARD, outputs, again) if not torch.equal(a, b)]
-        if diff:
-            fail(NONDETERMINISTIC, f"declared deterministic, but two runs differ bitwise in {', '.join(diff)}")
 
 
 def backend_stats(backend) -> dict:

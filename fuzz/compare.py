@@ -2,7 +2,11 @@
 
 A component fails when |out - truth| > tol anywhere, or when the finite/non-finite pattern
 differs from the truth's after rounding to the output dtype (NaN or Inf where the rounded
-truth is finite, and the reverse: an fp16 dx whose truth exceeds 65504 must be Inf)."""
+truth is finite, and the reverse: an fp16 dx whose truth exceeds 65504 must be Inf).
+
+A verdict also says whether the case could tell a wrong output from a right one: whether an
+all-zero output, and the truth with its sign flipped, would have failed too. A case whose
+truth is zero, or tiny next to its bound, passes an output that was never computed."""
 from __future__ import annotations
 
 import math
@@ -25,6 +29,14 @@ class Verdict:
     out_at_worst: float = float("nan")
     truth_at_worst: float = float("nan")
     problem: str = ""           # contract problems: wrong shape, dtype, device
+    zero_ratio: float = 0.0     # max |truth| / tol: the worst ratio an all-zero output would get
+    zero_fails: bool = False    # an all-zero output would have failed this component
+    flip_fails: bool = False    # the truth with its sign flipped (rounded to the output) would have failed
+
+    @property
+    def discriminates(self) -> bool:
+        """The case could tell: both an all-zero and a sign-flipped output would have failed."""
+        return self.zero_fails and self.flip_fails
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -68,9 +80,11 @@ def compare(component: str, out: torch.Tensor, truth: torch.Tensor, tol: torch.T
     mismatch = ((fin_o != fin_e) & ~ambiguous) | (both_nonfinite & ~same_special)
     n_mismatch = int(mismatch.sum())
 
-    both = fin_o & torch.isfinite(t)
+    fin_t = torch.isfinite(t)
+    both = fin_o & fin_t
     err = torch.where(both, (o - t).abs(), torch.zeros_like(t))
-    ratio = torch.where(both, err / tol.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(t))
+    safe_tol = tol.clamp_min(torch.finfo(torch.float64).tiny)
+    ratio = torch.where(both, err / safe_tol, torch.zeros_like(t))
     # tol == 0 (exact zero truth with zero magnitude) and err == 0 is a ratio of 0
     ratio = torch.where(err == 0, torch.zeros_like(ratio), ratio)
     if o.numel():
@@ -86,8 +100,24 @@ def compare(component: str, out: torch.Tensor, truth: torch.Tensor, tol: torch.T
         bad = torch.nonzero(mismatch)[0]
         idx = tuple(int(i) for i in bad)
         out_w, truth_w = float(o[idx]), float(t[idx])
+    zero_ratio, zero_fails, flip_fails = _would_fail(t, expected, fin_t, fin_e, ambiguous, safe_tol)
     return Verdict(component, worst <= 1.0 and n_mismatch == 0, max_err, bound, worst, idx,
-                   n_mismatch, out_w, truth_w)
+                   n_mismatch, out_w, truth_w, zero_ratio=zero_ratio, zero_fails=zero_fails,
+                   flip_fails=flip_fails)
+
+
+def _would_fail(t, expected, fin_t, fin_e, ambiguous, safe_tol) -> tuple:
+    """(zero_ratio, zero_fails, flip_fails): the verdict an all-zero output and the sign-flipped
+    rounded truth -expected would get, by the rules of compare() (without running it twice).
+    Zero is finite: it mismatches wherever the rounded truth is not (outside the overflow band).
+    -expected is non-finite exactly where expected is: it mismatches where expected is +-Inf."""
+    if not t.numel():
+        return 0.0, False, False
+    zero = torch.where(fin_t & (t != 0), t.abs() / safe_tol, torch.zeros_like(t))
+    flip = torch.where(fin_t & fin_e, (expected + t).abs() / safe_tol, torch.zeros_like(t))
+    zero_ratio, zero_mismatch, flip_ratio, flip_mismatch = torch.stack([   # one synchronisation
+        zero.max(), (~fin_e & ~ambiguous).any().double(), flip.max(), torch.isinf(expected).any().double()]).tolist()
+    return zero_ratio, zero_ratio > 1.0 or zero_mismatch > 0, flip_ratio > 1.0 or flip_mismatch > 0
 
 
 def contract_verdict(component: str, problem: str) -> Verdict:

@@ -5,7 +5,17 @@ chunk) until the backend's share of the budget is spent. `target()` on the error
 ratio of every component makes the search climb towards the worst inputs. Every failure
 is recorded as soon as it is seen, by signature, keeping the smallest case: Hypothesis's
 shrinking feeds ever smaller failing cases through the same path, so the report on disk
-is the minimized one, and a run killed mid-way keeps what it found."""
+is the minimized one, and a run killed mid-way keeps what it found.
+
+Exploration goes on after a finding: once the chunk that found a signature has shrunk it,
+the signature is settled. A later case failing with a settled signature is counted (the
+finding's `hits`) and otherwise treated as passing, so it is neither shrunk again nor ends
+the search, and the run keeps looking for new signatures. (Only a smaller case replaces the
+report.) Chunks after the first skip Hypothesis's replay of saved examples: those are the
+settled failures, and replaying them as passes would also delete them from the database.
+
+The deadline is hard: a case still running at the end of the budget is stopped by the
+executor and counted as not run, and a case that would start after it is not started."""
 from __future__ import annotations
 
 import math
@@ -13,18 +23,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hypothesis import HealthCheck, Phase, Verbosity, given, settings, target
+from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings, target
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from fuzz import discrimination, stop
 from fuzz.cases import CaseParams
 from fuzz.check import CaseResult
 from fuzz.executor import WorkerStartError
 from fuzz.reports import build_report, case_size, environment, write_report
 from fuzz.strategies import cases, unsupported_cases
-from fuzz.truth import BACKWARD, FORWARD
+from impls.schema import BACKWARD_OUTPUTS, FORWARD_OUTPUTS
 
-COMPONENTS = BACKWARD + FORWARD
+COMPONENTS = BACKWARD_OUTPUTS + FORWARD_OUTPUTS
 MAX_SAMPLES = 5000   # ratios kept per component for the plots
 
 
@@ -33,6 +44,20 @@ class Finding:
     result: CaseResult
     path: Path | None
     detected_after_s: float
+    hits: int = 1            # failing cases with this signature (the first, then each one after it settled)
+
+    def to_dict(self) -> dict:
+        r = self.result
+        return {"signature": r.signature(), "kind": str(r.kind), "components": r.failing_components(),
+                "case": r.params.short(), "elements": case_size(r.params)[0],
+                "detected_after_s": round(self.detected_after_s, 2), "hits": self.hits,
+                "message": r.message[:500], "report": str(self.path) if self.path else None,
+                "params": r.params.to_dict(), "result": r.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Finding":
+        return cls(CaseResult.from_dict(d["result"]), Path(d["report"]) if d.get("report") else None,
+                   d["detected_after_s"], d.get("hits", 1))
 
 
 @dataclass
@@ -44,6 +69,7 @@ class BackendStats:
     passed: int = 0
     failed: int = 0
     refused: int = 0
+    not_run: int = 0                                  # stopped at the deadline or by a signal
     seconds: float = 0.0
     first_failure_s: float | None = None
     first_failure_case: int | None = None           # how many cases ran until the first failure
@@ -56,8 +82,13 @@ class BackendStats:
     worker_restarts: int = 0
     interrupted: bool = False                         # stopped by Ctrl-C / SIGTERM: partial numbers
     write_errors: list = field(default_factory=list)   # reports that could not be written
+    workers: int = 1
+    discrimination: dict = field(default_factory=dict)  # component -> [cases judged, cases that could tell]
 
     def record(self, res: CaseResult):
+        if res.status == "not-run":
+            self.not_run += 1
+            return
         self.cases += 1
         if res.status == "refused":
             self.refused += 1
@@ -79,25 +110,78 @@ class BackendStats:
     def cases_per_second(self) -> float:
         return self.cases / self.seconds if self.seconds else 0.0
 
-    def to_dict(self) -> dict:
-        return {
+    def to_dict(self, samples: bool = False) -> dict:
+        """The summary's entry for this backend; with `samples`, everything from_dict() needs."""
+        d = {
             "backend": self.name, "device": self.device, "budget_s": round(self.budget_s, 1),
             "seconds": round(self.seconds, 2), "cases": self.cases, "passed": self.passed,
-            "failed": self.failed, "refused": self.refused,
+            "failed": self.failed, "refused": self.refused, "not_run": self.not_run,
             "cases_per_second": round(self.cases_per_second(), 3),
             "first_failure_s": None if self.first_failure_s is None else round(self.first_failure_s, 2),
             "first_failure_case": self.first_failure_case,
             "skipped": self.skipped, "worst_ratio": {k: self.worst[k] for k in COMPONENTS if k in self.worst},
             "worst_case": {k: self.worst_case[k] for k in COMPONENTS if k in self.worst_case},
             "backend_stats": self.backend_stats, "worker_restarts": self.worker_restarts,
-            "interrupted": self.interrupted,
-            "findings": [{"signature": s, "kind": f.result.kind, "components": f.result.failing_components(),
-                          "case": f.result.params.short(), "elements": case_size(f.result.params)[0],
-                          "detected_after_s": round(f.detected_after_s, 2), "message": f.result.message[:500],
-                          "report": str(f.path) if f.path else None,
-                          "params": f.result.params.to_dict()} for s, f in self.findings.items()],
+            "interrupted": self.interrupted, "workers": self.workers,
+            "findings": [f.to_dict() for f in self.findings.values()],
             "write_errors": self.write_errors,
         }
+        if samples:
+            d["discrimination_counts"] = self.discrimination
+        if samples:
+            d["ratios"] = self.ratios
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BackendStats":
+        s = cls(d["backend"], d["device"], d["budget_s"], d["cases"], d["passed"], d["failed"], d["refused"],
+                d.get("not_run", 0), d["seconds"], d["first_failure_s"], d["first_failure_case"], d["skipped"],
+                dict(d["worst_ratio"]), dict(d["worst_case"]), dict(d.get("ratios") or {}),
+                backend_stats=dict(d.get("backend_stats") or {}), worker_restarts=d.get("worker_restarts", 0),
+                interrupted=d.get("interrupted", False), write_errors=list(d.get("write_errors") or []),
+                workers=d.get("workers", 1),
+                discrimination={c: list(v) for c, v in (d.get("discrimination_counts") or {}).items()})
+        for f in d["findings"]:
+            s.findings[f["signature"]] = Finding.from_dict(f)
+        return s
+
+    def merge(self, other: "BackendStats") -> "BackendStats":
+        """Add up another worker's statistics for the same backend (a sharded run)."""
+        for k in ("cases", "passed", "failed", "refused", "not_run", "worker_restarts", "workers"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.seconds = max(self.seconds, other.seconds)
+        self.budget_s = max(self.budget_s, other.budget_s)
+        if other.first_failure_s is not None and (self.first_failure_s is None
+                                                  or other.first_failure_s < self.first_failure_s):
+            self.first_failure_s, self.first_failure_case = other.first_failure_s, other.first_failure_case
+        for c, r in other.worst.items():
+            if r >= self.worst.get(c, 0.0):
+                self.worst[c], self.worst_case[c] = r, other.worst_case.get(c)
+        for c, (cases, good) in other.discrimination.items():
+            mine = self.discrimination.setdefault(c, [0, 0])
+            mine[0] += cases
+            mine[1] += good
+        for c, rs in other.ratios.items():
+            self.ratios[c] = (self.ratios.get(c, []) + rs)[:MAX_SAMPLES]
+        for sig, f in other.findings.items():
+            mine = self.findings.get(sig)
+            if mine is None:
+                self.findings[sig] = f
+                continue
+            hits = mine.hits + f.hits
+            if case_size(f.result.params) < case_size(mine.result.params):
+                mine = self.findings[sig] = Finding(f.result, f.path, min(mine.detected_after_s, f.detected_after_s))
+            mine.hits = hits
+        self.backend_stats = self.backend_stats or other.backend_stats
+        self.skipped = self.skipped if self.skipped is not None else other.skipped
+        self.interrupted = self.interrupted or other.interrupted
+        self.write_errors += other.write_errors
+        return self
+
+
+class OutOfBudget(BaseException):
+    """Raised by the property past the deadline: Hypothesis lets it through at once (it is not
+    an Exception), so the chunk ends without generating or shrinking any further."""
 
 
 def _failure_type(signature: str):
@@ -119,16 +203,20 @@ class FuzzOptions:
     plugins: tuple = ()
     check_determinism: bool = True
     stop_on_first_failure: bool = False   # stop after the chunk (and shrinking) that found one
+    stop_when_found: frozenset = frozenset()   # or: stop once these signatures are all found
+    deadline: float | None = None      # time.monotonic() at which the whole run ends
+    max_cases: int | None = None       # or: stop after this many cases (a fixed amount of work)
+    hypothesis_seed: int | None = None  # seed Hypothesis (chunk k: seed + k): the same cases every time
     on_result: object = None           # callback(stats, result) for progress display
     on_finding: object = None          # callback(stats, finding, is_new)
 
 
 def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) -> BackendStats:
-    """Fuzz one backend for `budget_s` seconds; returns its statistics and findings."""
+    """Fuzz one backend for `budget_s` seconds (never past opts.deadline); returns its
+    statistics and findings."""
     stats = BackendStats(name, opts.device, budget_s)
-    executor.warm()          # a worker (re)start is not charged to this backend's budget
     start = time.monotonic()
-    deadline = start + budget_s
+    deadline = start + budget_s if opts.deadline is None else min(start + budget_s, opts.deadline)
     env = environment(opts.device)
     # The run seed shifts every case's tensor seed, so shards with different seeds explore
     # different data. (Hypothesis's own @seed would also switch its example database off.)
@@ -137,6 +225,7 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
     outside = unsupported_cases(caps, opts.device)
     # about one case in ten probes the refusal of an unsupported input (shrinks to supported)
     strategy = supported if outside is None else st.one_of(*[supported] * 9, outside)
+    settled = set()          # signatures whose chunk has shrunk them: counted, not shrunk again
 
     def record_failure(res: CaseResult):
         sig = res.signature()
@@ -144,6 +233,8 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         now = time.monotonic() - start
         if stats.first_failure_s is None:
             stats.first_failure_s, stats.first_failure_case = now, stats.cases
+        if old is not None and sig in settled:
+            old.hits += 1
         if old is not None and case_size(old.result.params) <= case_size(res.params):
             return
         path = None
@@ -154,35 +245,55 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
                 path, _ = write_report(report, opts.reports_dir)
             except OSError as exc:     # full disk, permissions: keep the finding in memory
                 stats.write_errors.append(f"{opts.reports_dir}: cannot write report: {exc.strerror or exc}")
-        finding = Finding(res, path, old.detected_after_s if old else now)
+        finding = Finding(res, path, old.detected_after_s if old else now, old.hits if old else 1)
         stats.findings[sig] = finding
         if opts.on_finding:
             opts.on_finding(stats, finding, old is None)
 
     def prop(params: CaseParams):
-        if time.monotonic() > deadline:
-            return   # out of budget: passing quickly lets Hypothesis wind down
+        stop.check()
+        if time.monotonic() >= deadline or (opts.max_cases is not None and stats.cases >= opts.max_cases):
+            raise OutOfBudget
         try:
-            res = executor.run(name, params, check_determinism=None if opts.check_determinism else False)
+            res = executor.run(name, params, deadline=deadline,
+                               check_determinism=None if opts.check_determinism else False)
         except WorkerStartError as exc:
             fatal.append(exc)      # not a finding: stop the run and say why
             raise
+        stop.check()
         stats.record(res)
         if opts.on_result:
             opts.on_result(stats, res)
         for v in res.verdicts:
             if math.isfinite(v.worst_ratio):
                 target(min(v.worst_ratio, 1e12), label=v.component)
+        target(discrimination.observe(stats, res), label="discrimination")   # tallied for the summary
         if res.failed:
             record_failure(res)
-            raise _failure_type(res.signature())(f"{res.signature()}: {res.message}")
+            if res.signature() not in settled:
+                raise _failure_type(res.signature())(f"{res.signature()}: {res.message}")
+
+    def done() -> bool:
+        if opts.max_cases is not None and stats.cases >= opts.max_cases:
+            return True
+        if opts.stop_when_found:
+            return opts.stop_when_found <= set(stats.findings)
+        return opts.stop_on_first_failure and bool(stats.findings)
 
     fatal = []
-    while time.monotonic() < deadline and not (opts.stop_on_first_failure and stats.findings):
+    chunk = 0
+    try:
+        executor.warm()      # start the worker (imports, CUDA) now; it counts against this budget
+    except KeyboardInterrupt:
+        stats.interrupted = True
+    while not stats.interrupted and time.monotonic() < deadline and not done():
         test = given(params=strategy)(prop)
+        phases = tuple(Phase) if chunk == 0 else tuple(p for p in Phase if p is not Phase.reuse)
         test = settings(max_examples=opts.chunk_examples, deadline=None, database=opts.database,
                         derandomize=False, report_multiple_bugs=True, verbosity=Verbosity.quiet,
-                        phases=tuple(Phase), suppress_health_check=list(HealthCheck), print_blob=False)(test)
+                        phases=phases, suppress_health_check=list(HealthCheck), print_blob=False)(test)
+        if opts.hypothesis_seed is not None:
+            test = seed(opts.hypothesis_seed + chunk)(test)
         # one database key per backend (the property's source is the same for all)
         test.hypothesis.inner_test._hypothesis_internal_add_digest = f"mhc-fuzz:{name}".encode()
         try:
@@ -190,10 +301,14 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         except KeyboardInterrupt:
             stats.interrupted = True
             break
+        except OutOfBudget:
+            break
         except Exception:
             pass   # failures are already recorded; Hypothesis re-raises them at the end
         if fatal:
             raise fatal[0]
+        settled.update(stats.findings)
+        chunk += 1
     stats.seconds = time.monotonic() - start
     stats.worker_restarts = getattr(executor, "restarts", 0)
     return stats

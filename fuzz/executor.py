@@ -3,7 +3,16 @@
 A backend under test can segfault, lose its CUDA context (illegal address, device
 assert) or hang. SubprocessExecutor runs each case in a long-lived worker process; a
 worker that dies or overruns the per-case timeout is replaced, and the case is returned
-as a CRASH or TIMEOUT failure, so the run goes on."""
+as a CRASH or TIMEOUT failure, so the run goes on.
+
+A case still running at the run's deadline, or when the run is stopped (fuzz/stop.py), is
+ended by killing the worker and returned as not run: neither a pass nor a failure. The
+worker ignores SIGINT and SIGTERM, so a signal sent to the whole process group stops the run
+through the parent, and never looks like a crash of the backend.
+
+run(name, params, tensors=PATH) runs the tensors stored in a file (given tensors, a reduced
+report; `params` describes them) instead of generating the case, judged against the truth
+of their saved activations (fuzz/given.py)."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -11,16 +20,36 @@ import os
 import signal
 import time
 
+from fuzz import stop
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams
-from fuzz.check import CRASH, TIMEOUT, CaseResult, run_case
+from fuzz.check import CaseResult, run_case, run_inputs
+from fuzz.kinds import FailureKind
 from impls.registry import default_registry
 
 STARTUP_TIMEOUT_S = 300.0
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+POLL_S = 0.1          # how often a wait looks at the deadline and the stop flag
 
 
 class WorkerStartError(RuntimeError):
     """The worker process could not start: a harness problem, not a finding about a backend."""
+
+
+class CaseLoadError(RuntimeError):
+    """A case's tensors file could not be loaded (it changed or vanished since it was checked)."""
+
+
+def _run_one(backend, params: CaseParams, device, tolerances, tensors=None, **options) -> CaseResult:
+    if tensors is None:
+        return run_case(backend, params, device, tolerances, **options)
+    from fuzz.given import GivenTensorsError, inputs_from_file
+    from fuzz.truth import truth_from_saved
+    try:
+        inp = inputs_from_file(tensors, device, params)
+    except (GivenTensorsError, OSError) as exc:
+        raise CaseLoadError(str(exc)) from None
+    return run_inputs(backend, inp, device, tolerances, truth_of=truth_from_saved, **options)
 
 
 class InProcessExecutor:
@@ -33,8 +62,11 @@ class InProcessExecutor:
     def warm(self):
         pass
 
-    def run(self, backend_name: str, params: CaseParams, **options) -> CaseResult:
-        return run_case(self.registry.get(backend_name), params, self.device, self.tolerances, **options)
+    def run(self, backend_name: str, params: CaseParams, deadline: float | None = None, **options) -> CaseResult:
+        # in this process a running case cannot be stopped: the deadline is only checked before it
+        if (deadline is not None and time.monotonic() >= deadline) or stop.requested():
+            return not_run(backend_name, params, self.device, "the run's deadline had passed")
+        return _run_one(self.registry.get(backend_name), params, self.device, self.tolerances, **options)
 
     def close(self):
         pass
@@ -43,6 +75,8 @@ class InProcessExecutor:
 def _worker_main(conn, plugins, device, tolerances_path, env):
     os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)   # blocked since its start (see _start)
     registry = default_registry(plugins)
     tolerances = tolmod.load(tolerances_path)
     conn.send(("ready", None))
@@ -51,8 +85,29 @@ def _worker_main(conn, plugins, device, tolerances_path, env):
         if msg is None:
             return
         name, params, options = msg
-        result = run_case(registry.get(name), CaseParams.from_dict(params), device, tolerances, **options)
+        try:
+            result = _run_one(registry.get(name), CaseParams.from_dict(params), device, tolerances, **options)
+        except CaseLoadError as exc:
+            conn.send(("load-error", str(exc)))
+            continue
         conn.send(("result", result.to_dict()))
+
+
+def not_run(backend_name, params, device, why) -> CaseResult:
+    return CaseResult(backend_name, params, device, "not-run", message=why)
+
+
+def _wait(conn, seconds: float) -> str:
+    """Wait for the worker's answer: 'ready', 'timeout', or 'stopped' (a stop was requested)."""
+    end = time.monotonic() + max(0.0, seconds)
+    while True:
+        if stop.requested():
+            return "stopped"
+        left = end - time.monotonic()
+        if conn.poll(min(POLL_S, max(0.0, left))):
+            return "ready"
+        if left <= 0:
+            return "timeout"
 
 
 def _describe_exit(code) -> str:
@@ -83,10 +138,19 @@ class SubprocessExecutor:
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_worker_main, daemon=True,
                                  args=(child, self.plugins, self.device, self.tolerances_path, self.env))
-        self._proc.start()
+        # the worker starts with SIGINT and SIGTERM blocked (the mask survives fork and exec), so a
+        # signal to the whole process group while it imports is held, then dropped by SIG_IGN
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self._proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
-        if not self._conn.poll(STARTUP_TIMEOUT_S):
+        waited = _wait(self._conn, STARTUP_TIMEOUT_S)
+        if waited != "ready":
             self._kill()
+            if waited == "stopped":
+                raise KeyboardInterrupt
             raise WorkerStartError(f"fuzz worker did not start within {STARTUP_TIMEOUT_S:.0f} s")
         try:
             self._conn.recv()
@@ -110,18 +174,30 @@ class SubprocessExecutor:
                 self.restarts += 1
             self._start()
 
-    def run(self, backend_name: str, params: CaseParams, **options) -> CaseResult:
+    def run(self, backend_name: str, params: CaseParams, deadline: float | None = None, **options) -> CaseResult:
+        """Run one case in the worker. `deadline` (time.monotonic()) is the run's end: a case
+        still running then is stopped and returned as not run."""
+        if (deadline is not None and time.monotonic() >= deadline) or stop.requested():
+            return not_run(backend_name, params, self.device, "the run's deadline had passed")
         self.warm()
         t0 = time.perf_counter()
+        left = self.case_timeout_s if deadline is None else min(self.case_timeout_s, deadline - time.monotonic())
         try:
             self._conn.send((backend_name, params.to_dict(), options))
-            if self._conn.poll(self.case_timeout_s):
-                _, payload = self._conn.recv()
+            waited = _wait(self._conn, left)
+            if waited == "ready":
+                what, payload = self._conn.recv()
+                if what == "load-error":
+                    raise CaseLoadError(payload)
                 return CaseResult.from_dict(payload)
-            kind, why = TIMEOUT, f"no result within the per-case timeout of {self.case_timeout_s:g} s"
+            if waited == "stopped" or left < self.case_timeout_s:
+                self._kill()    # not the backend's fault: the run ends; the next run starts a new worker
+                return not_run(backend_name, params, self.device,
+                               "stopped by a signal" if waited == "stopped" else "still running at the run's deadline")
+            kind, why = FailureKind.TIMEOUT, f"no result within the per-case timeout of {self.case_timeout_s:g} s"
         except (EOFError, BrokenPipeError, ConnectionResetError):
             self._proc.join(10)
-            kind, why = CRASH, _describe_exit(self._proc.exitcode)
+            kind, why = FailureKind.CRASH, _describe_exit(self._proc.exitcode)
         self._kill()
         self.restarts += 1
         return CaseResult(backend_name, params, self.device, "fail", kind, [], why, time.perf_counter() - t0)

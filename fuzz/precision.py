@@ -9,7 +9,9 @@ UNIT_ROUNDOFF = {
     "bf16": 2.0 ** -8,
     "fp16": 2.0 ** -11,
 }
-TORCH_DTYPE = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from impls.schema import DTYPES
+
+TORCH_DTYPE = {"fp64": torch.float64, **DTYPES}
 NAME_OF = {v: k for k, v in TORCH_DTYPE.items()}
 
 

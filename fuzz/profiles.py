@@ -29,6 +29,11 @@ PROFILES = {
     "dev": Profile("dev", 50, Limits(1 << 22, 8192, 8192), Limits(1 << 14, 256, 512)),
     "ci": Profile("ci", 25, Limits(1 << 20, 4096, 4096), Limits(1 << 12, 64, 256)),
     "nightly": Profile("nightly", 200, Limits(1 << 26, 65536, 16384), Limits(1 << 16, 1024, 2048)),
+    # cases past 32-bit offsets and grid limits (fuzz/geometry.py), made and judged in token
+    # chunks (fuzz/chunks.py). GPU only: on the CPU it is the nightly profile. (Each Hypothesis
+    # run starts with its simplest case, the first listed: long runs repeat it less.)
+    "large": Profile("large", 25, Limits((1 << 31) + (1 << 27), 1 << 23, 1 << 16, large=True),
+                     Limits(1 << 16, 1024, 2048)),
 }
 
 
@@ -70,7 +75,10 @@ def get_profile(name_or_path: str) -> Profile:
             if not isinstance(d, dict) or set(d) - names:
                 raise ProfileError(f"{path}: {dev}: must be a mapping with keys {sorted(names)}")
             for k, v in d.items():
-                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                if k == "large":
+                    if not isinstance(v, bool):
+                        raise ProfileError(f"{path}: {dev}.large: must be true or false, got {v!r}")
+                elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
                     raise ProfileError(f"{path}: {dev}.{k}: must be a positive integer, got {v!r}")
             values[dev] = Limits(**{**values[dev].__dict__, **d})
     return Profile(**values)

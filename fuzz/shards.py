@@ -1,17 +1,27 @@
-"""`mhc-fuzz run --workers N|auto`: one fuzz worker per GPU, the search split by seed.
+"""A sharded run (`mhc-fuzz run --workers N|auto`): one fuzz process per GPU, the search split
+by seed, merged into one RunOutcome that the pipeline writes like any other run.
 
-Each worker is `mhc-fuzz run` itself in a child process with CUDA_VISIBLE_DEVICES pinned
-to one GPU and its own seed (seed*1000 + i), writing to the shared reports folder (safe:
-reports are locked and atomic) and to its own summary. A worker that dies is restarted
-for the rest of the budget. The parent adds the summaries up."""
+Each shard is `mhc-fuzz run` itself in a child process with CUDA_VISIBLE_DEVICES pinned to
+one GPU and its own seed (seed*1000 + i), writing to the shared reports folder (safe: reports
+are locked and atomic) and its full statistics to out/worker-i/stats-R.json. A shard that dies
+is restarted for the rest of the budget. On SIGINT/SIGTERM (to this process or to the whole
+group) the shards stop like any interrupted run, and what they did is merged."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fuzz import stop
+from fuzz.errors import EXIT_FOUND, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, HarnessError
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+GRACE_S = 30.0        # beyond budget + one case timeout before a shard is stopped by force
+STOP_WAIT_S = 4.0     # a stopped shard writes its statistics within this
 
 
 def gpu_count_without_cuda_init() -> int | None:
@@ -29,127 +39,119 @@ def gpu_count() -> int:
     return torch.cuda.device_count()
 
 
-def _child_argv(args, seed: int, out: Path, budget_s: float) -> list:
-    argv = [sys.executable, "-m", "fuzz.cli", "run", "--backend", args.backend, "--budget", f"{budget_s:.0f}s",
-            "--profile", args.profile, "--seed", str(seed), "--reports", args.reports, "--out", str(out),
-            "--db", args.db, "--case-timeout", str(args.case_timeout), "--device", args.device or "cuda",
-            "--workers", "1", "--no-warm-up"]
-    for p in args.plugin:
+def worker_count(spec: str, device: str) -> int:
+    if spec == "auto":
+        return max(1, gpu_count()) if device == "cuda" else max(1, (os.cpu_count() or 2) // 2)
+    try:
+        n = int(spec)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise HarnessError(f"--workers {spec!r}: expected a positive integer or auto")
+    return n
+
+
+def _child_argv(plan, names, seed: int, stats_path: Path, budget_s: float) -> list:
+    argv = [sys.executable, "-m", "fuzz.cli", "run", "--backend", ",".join(names), "--budget", f"{budget_s:.1f}s",
+            "--profile", plan.profile.name, "--seed", str(seed), "--reports", str(plan.reports_dir),
+            "--out", str(stats_path.parent), "--db", plan.db_spec, "--case-timeout", str(plan.case_timeout_s),
+            "--device", plan.device, "--no-warm-up", "--stats-out", str(stats_path)]
+    for p in plan.plugins:
         argv += ["--plugin", p]
-    if args.tolerances:
-        argv += ["--tolerances", args.tolerances]
-    if args.no_isolate:
+    if plan.tolerances:
+        argv += ["--tolerances", plan.tolerances]
+    if not plan.isolate:
         argv.append("--no-isolate")
+    if plan.max_cases is not None:
+        argv += ["--max-cases", str(plan.max_cases)]
     return argv
 
 
-def run_sharded(args, budget: float, device: str, console) -> int:
-    from fuzz.cli import HarnessError, _writable_dir
-    gpus = gpu_count() if device == "cuda" else 0
-    if args.workers == "auto":
-        n = max(1, gpus) if device == "cuda" else max(1, (os.cpu_count() or 2) // 2)
-    else:
-        try:
-            n = int(args.workers)
-        except ValueError:
-            raise HarnessError(f"--workers {args.workers!r}: expected a positive integer or auto") from None
-        if n < 1:
-            raise HarnessError(f"--workers {args.workers!r}: expected a positive integer or auto")
-    out = _writable_dir(args.out, "--out")
-    _writable_dir(args.reports, "--reports")
-    warmed = {}
-    if not args.no_warm_up:          # once here; the workers then load what it prepared
-        from fuzz.check import backend_can_run
-        from fuzz.cli import _registry, _select, warm_up_backends
-        reg = _registry(args.plugin, console, quiet=True)
-        names = [nm for nm in _select(reg, args.backend) if not backend_can_run(reg.get(nm), device)]
-        warmed = warm_up_backends(reg, names, console)
-    start = time.monotonic()
-    workers = {}
+def fuzz_sharded(plan, names: list, console):
+    """Run the shards; returns (merged BackendStats list, number of workers, interrupted)."""
+    from fuzz.engine import BackendStats
+    n = worker_count(plan.workers, plan.device)
+    gpus = gpu_count() if plan.device == "cuda" else 0
+    console.print(f"{n} workers on {plan.device}" + (f" ({gpus} GPUs, one each)" if gpus else ""))
+    if not names:
+        return [], n, False
+    shards = {}
 
     def launch(i):
         env = dict(os.environ)
-        if device == "cuda" and gpus:
+        if plan.device == "cuda" and gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        left = budget - (time.monotonic() - start)
-        shard_out = out / f"worker-{i}"
-        restarts = workers[i]["restarts"] + 1 if i in workers else 0
-        log = open(out / f"worker-{i}.log", "a")
-        p = subprocess.Popen(_child_argv(args, args.seed * 1000 + i + 100 * restarts, shard_out, left),
-                             env=env, stdout=log, stderr=subprocess.STDOUT)
-        workers[i] = {"proc": p, "out": shard_out, "restarts": restarts, "log": log}
+        restarts = shards[i]["restarts"] + 1 if i in shards else 0
+        folder = plan.out_dir / f"worker-{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        stats_path = folder / f"stats-{restarts}.json"
+        log = open(plan.out_dir / f"worker-{i}.log", "a")
+        left = max(1.0, plan.deadline - time.monotonic())
+        # started with SIGINT/SIGTERM blocked: a signal to the group while it imports must not kill
+        # it (fuzz/stop.py: a shard ignores them, then unblocks; its parent stops it with SIGUSR1)
+        proc = subprocess.Popen(_child_argv(plan, names, plan.seed * 1000 + i + 100 * restarts, stats_path, left),
+                                env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS))
+        shards[i] = {"proc": proc, "restarts": restarts, "log": log, "stats": shards.get(i, {}).get("stats", [])
+                     + [stats_path]}
 
-    console.print(f"{n} workers on {device}" + (f" ({gpus} GPUs, one each)" if gpus else ""))
     for i in range(n):
         launch(i)
-    try:
-        _supervise(workers, launch, budget, start, console)
-    except KeyboardInterrupt:       # stop every worker; each writes its partial summary
-        for w in workers.values():
-            if w["proc"].poll() is None:
-                w["proc"].terminate()
-        for w in workers.values():
-            w["proc"].wait(60)
-    summaries = []
-    for i, w in workers.items():
-        w["log"].close()
-        f = w["out"] / "summary.json"
-        if f.exists():
-            summaries.append(json.loads(f.read_text()))
-    merged = merge(summaries, n, device, budget)
-    if warmed:
-        merged["warm_up"] = warmed
-    (out / "summary.json").write_text(json.dumps(merged, indent=2) + "\n")
-    from rich.table import Table
-    t = Table(title=f"mhc-fuzz summary, {n} workers")
-    for col in ("backend", "cases", "passed", "failed", "refused", "cases/s", "findings"):
-        t.add_column(col)
-    for b in merged["backends"]:
-        t.add_row(b["backend"], str(b["cases"]), str(b["passed"]), str(b["failed"]), str(b["refused"]),
-                  f"{b['cases_per_second']:.2f}", str(len(b["findings"])))
-    console.print(t)
-    console.print(f"summary: {out / 'summary.json'}  reports: {args.reports}")
-    return 1 if merged["failed"] else 0
+    with stop.cooperative():
+        interrupted = _supervise(plan, shards, launch, console)
+    merged = {}
+    for sh in shards.values():
+        sh["log"].close()
+        for path in sh["stats"]:
+            if not path.exists():        # a shard that died before writing: its cases are lost
+                continue
+            for d in json.loads(path.read_text())["backends"]:
+                s = BackendStats.from_dict(d)
+                if s.name not in merged or merged[s.name].skipped is not None:
+                    merged[s.name] = s
+                elif s.skipped is None:
+                    merged[s.name].merge(s)
+    stats = [merged[nm] for nm in names if nm in merged]
+    return stats, n, interrupted
 
 
-def _supervise(workers, launch, budget, start, console):
-    """Wait for the workers; restart one that dies while budget is left."""
+def _supervise(plan, shards, launch, console) -> bool:
+    """Wait for the shards; restart one that dies while budget is left; stop them all on a
+    signal or once they overrun. Returns whether the run was interrupted."""
+    hard_end = plan.deadline + plan.case_timeout_s + GRACE_S
+    interrupted = False
     while True:
+        if stop.requested() or time.monotonic() > hard_end:
+            _stop_all(shards)
+            return interrupted or stop.requested()
         running = 0
-        for i, w in workers.items():
-            rc = w["proc"].poll()
+        for i, sh in shards.items():
+            rc = sh["proc"].poll()
             if rc is None:
                 running += 1
-            elif rc not in (0, 1, 2, 130) and budget - (time.monotonic() - start) > 10:   # died, not done
+            elif rc == EXIT_USAGE:
+                _stop_all(shards)
+                raise HarnessError(f"worker {i} refused its options; see {plan.out_dir / f'worker-{i}.log'}")
+            elif rc not in (EXIT_OK, EXIT_FOUND, EXIT_INTERRUPTED) and plan.deadline - time.monotonic() > 10:
                 console.print(f"[yellow]worker {i} died (exit {rc}); restarting[/]")
-                w["log"].close()
+                sh["log"].close()
                 launch(i)
                 running += 1
+            elif rc == EXIT_INTERRUPTED:
+                interrupted = True
         if not running:
-            break
-        time.sleep(1.0)
+            return interrupted
+        time.sleep(0.1)
 
 
-def merge(summaries: list, n_workers: int, device: str, budget: float) -> dict:
-    """Add up per-worker summaries: counts sum, worst ratios take the max, findings by signature."""
-    by_name = {}
-    for s in summaries:
-        for b in s["backends"]:
-            m = by_name.setdefault(b["backend"], {"backend": b["backend"], "cases": 0, "passed": 0, "failed": 0,
-                                                  "refused": 0, "seconds": 0.0, "worst_ratio": {}, "findings": {},
-                                                  "skipped": b.get("skipped")})
-            for k in ("cases", "passed", "failed", "refused"):
-                m[k] += b[k]
-            m["seconds"] = max(m["seconds"], b["seconds"])
-            for c, r in b["worst_ratio"].items():
-                m["worst_ratio"][c] = max(m["worst_ratio"].get(c, 0.0), r)
-            for f in b["findings"]:
-                m["findings"].setdefault(f["signature"], f)
-    backends = []
-    for m in by_name.values():
-        m["cases_per_second"] = m["cases"] / m["seconds"] if m["seconds"] else 0.0
-        m["findings"] = list(m["findings"].values())
-        backends.append(m)
-    return {"device": device, "workers": n_workers, "budget_s": budget,
-            "failed": any(b["findings"] for b in backends), "backends": backends,
-            "per_worker": summaries}
+def _stop_all(shards):
+    for sh in shards.values():
+        if sh["proc"].poll() is None:
+            sh["proc"].send_signal(signal.SIGUSR1)      # see fuzz/stop.py: stop like an interrupted run
+    end = time.monotonic() + STOP_WAIT_S
+    for sh in shards.values():
+        try:
+            sh["proc"].wait(max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            sh["proc"].kill()
+            sh["proc"].wait()

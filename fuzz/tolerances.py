@@ -12,10 +12,9 @@ import torch
 import yaml
 
 from fuzz.precision import UNIT_ROUNDOFF, smallest_normal
-from fuzz.truth import BACKWARD, FORWARD
+from impls.schema import BACKWARD_OUTPUTS as BACKWARD, FORWARD_OUTPUTS as FORWARD, X_DTYPES
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "tolerances.yaml"
-X_DTYPES = ("bf16", "fp16", "fp32")
 LENGTH_SYMBOLS = ("T", "n", "D", "F")
 COMPONENT_KEYS = {"stored_in", "sums", "roundings", "gemm_operands", "per_dtype"}
 DTYPE_KEYS = {"output_ulps"}

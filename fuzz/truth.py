@@ -3,6 +3,12 @@
 truth(): torch.autograd through the golden forward run in float64 on the case's
 (rounded) inputs; grad outputs are dh_in, dh_post, dh_res. It does not look at the
 saved activations a backend receives (those are fp32 roundings of the same forward).
+This is the truth of generated cases.
+
+truth_from_saved(): the backward of docs/SPEC.md's eleven steps in float64 on the saved
+activations as given (inv_rms, h_mix, h_pre, h_post), for tensors given from elsewhere,
+whose activations may not be the forward of their inputs. On generated cases the two
+agree to a small fraction of every bound (tests/test_given.py).
 
 magnitudes(): the same computation run on magnitudes (|inputs|, every subtraction an
 addition, every elementwise factor by its absolute value), in float64. For an output y,
@@ -11,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from impls.golden import HC_EPS, mhc_forward
-from impls.registry import BACKWARD_OUTPUTS as BACKWARD  # noqa: F401  (re-exported)
-from impls.registry import FORWARD_OUTPUTS as FORWARD
+from impls.golden import HC_EPS, backward_terms, mhc_forward
+from impls.schema import BACKWARD_OUTPUTS as BACKWARD  # noqa: F401  (re-exported)
+from impls.schema import FORWARD_OUTPUTS as FORWARD
 
 
 def _f64(t):
@@ -33,6 +39,19 @@ def truth(inp) -> dict:
     out = dict(zip(FORWARD, (t.detach() for t in fwd)))
     out.update(dx=leaves["x"].grad, dphi=leaves["phi"].grad, dalpha=leaves["alpha"].grad,
                dbias=leaves["bias"].grad, dgamma=leaves["gamma"].grad)
+    return out
+
+
+def truth_from_saved(inp) -> dict:
+    """Float64 forward outputs of the given inputs, and the float64 backward of the SPEC
+    steps evaluated with the saved activations as they are (gamma=None: ones)."""
+    with torch.no_grad():
+        fwd = mhc_forward(*(_f64(getattr(inp, k)) for k in ("x", "phi", "alpha", "bias", "gamma")))
+        args = {k: _f64(getattr(inp, k)) for k in ("x", "phi", "alpha", "bias", "inv_rms", "h_mix", "h_pre",
+                                                    "h_post", "dh_in", "dh_post", "dh_res", "gamma")}
+        r = backward_terms(**args)
+    out = dict(zip(FORWARD, fwd))
+    out.update({k: r[k] for k in ("dx", "dphi", "dalpha", "dbias", "dgamma")})
     return out
 
 

@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import torch
 
-NORM_EPS = 1e-6
-HC_EPS = 1e-6
-
-
-def mix_width(n: int) -> int:
-    """F = n*n + 2*n: n pre weights, n post weights, n*n residual-mix weights."""
-    return n * n + 2 * n
+from impls.schema import HC_EPS, NORM_EPS, POST_SCALE, mix_width  # noqa: F401  (re-exported)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -31,7 +25,7 @@ def mhc_forward(x, phi, alpha, bias, gamma=None, norm_eps=NORM_EPS, hc_eps=HC_EP
     t = h_mix * inv_rms[..., None]
     a, b = alpha.to(cd), bias.to(cd)
     h_pre = torch.sigmoid(a[0] * t[..., :n] + b[:n]) + hc_eps
-    h_post = 2 * torch.sigmoid(a[1] * t[..., n:2 * n] + b[n:2 * n])
+    h_post = POST_SCALE * torch.sigmoid(a[1] * t[..., n:2 * n] + b[n:2 * n])
     h_res = (a[2] * t[..., 2 * n:] + b[2 * n:]).reshape(B, S, n, n)
     h_in = (h_pre[..., None] * x.to(cd)).sum(-2).to(x.dtype)
     return h_in, h_post, h_res, inv_rms, h_mix, h_pre
@@ -53,8 +47,8 @@ def backward_terms(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
     dh_pre = (dh_in[:, :, None, :] * xf).sum(-1)                                     # 1
     s_pre = h_pre - hc_eps
     dh_pre2 = dh_pre * s_pre * (1 - s_pre)                                           # 2
-    s_post = h_post / 2
-    dh_post2 = dh_post * 2 * s_post * (1 - s_post)
+    s_post = h_post / POST_SCALE
+    dh_post2 = dh_post * POST_SCALE * s_post * (1 - s_post)
     dh_res_flat = dh_res.reshape(B, S, n * n)
     g = torch.cat([a[0] * dh_pre2, a[1] * dh_post2, a[2] * dh_res_flat], -1)         # 3
     dh_mix = g * inv_rms[..., None]                                                  # 4

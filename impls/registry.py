@@ -38,13 +38,12 @@ BUILTIN_TARGETS = (
     "impls.tilelang_mhc:backend",
 )
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+from impls.schema import BACKWARD_OUTPUTS, DTYPE_NAMES, DTYPES, FORWARD_OUTPUTS, X_DTYPES  # noqa: E402,F401
 # Input precision of matrix products a backend may declare (rounding of the GEMM operands).
 GEMM_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-# What a backend returns, by name (the order of backward() and forward()).
-BACKWARD_OUTPUTS = ("dx", "dphi", "dalpha", "dbias", "dgamma")
-FORWARD_OUTPUTS = ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre")
+# What dgamma is for a call without gamma (docs/SPEC.md): "grad", the gradient with respect to
+# the implicit all-ones gamma (the SPEC's convention, golden's); "zeros", exactly zero; "none", None.
+DGAMMA_WITHOUT_GAMMA = ("grad", "zeros", "none")
 DEVICES = ("cpu", "cuda")
 
 
@@ -61,7 +60,7 @@ class Capabilities:
     """What a backend promises to compute correctly. The fuzzer generates only inputs
     inside these limits and checks that inputs outside them are refused."""
     devices: tuple[str, ...] = DEVICES
-    x_dtypes: tuple[str, ...] = ("bf16", "fp16", "fp32")
+    x_dtypes: tuple[str, ...] = X_DTYPES
     n_values: tuple[int, ...] | None = None      # None: every n >= 1
     d_multiple: int = 1                           # D must be a multiple of this
     d_max: int | None = None
@@ -71,6 +70,7 @@ class Capabilities:
     # {"default": p, "<output>": p, "<output>:<x dtype>": p} (most specific key wins)
     gemm_precision: str | dict = "fp32"
     has_forward: bool = False
+    dgamma_without_gamma: str = "grad"            # one of DGAMMA_WITHOUT_GAMMA
     notes: str = ""
 
     def __post_init__(self):
@@ -89,6 +89,9 @@ class Capabilities:
             if v is not None and (not isinstance(v, int) or v < 1):
                 problems.append(f"{key} must be None or a positive int, got {v!r}")
         problems += _gemm_precision_problems(self.gemm_precision)
+        if self.dgamma_without_gamma not in DGAMMA_WITHOUT_GAMMA:
+            problems.append(f"dgamma_without_gamma must be one of {DGAMMA_WITHOUT_GAMMA}, "
+                            f"got {self.dgamma_without_gamma!r}")
         if problems:
             raise BackendContractError("invalid capabilities: " + "; ".join(problems))
 
@@ -212,6 +215,11 @@ def warm_up(backend) -> dict | None:
 
 def resolve_target(target: str, source: str):
     """Import 'module:attr' and return the backend (calling a factory if needed)."""
+    return resolve_loaded(load_target(target, source), source)
+
+
+def load_target(target: str, source: str):
+    """Import 'module:attr' and return the object it names (an instance or a factory)."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise BackendContractError(f"{source}: plugin target must look like 'module:attr', got {target!r}")
@@ -225,7 +233,7 @@ def resolve_target(target: str, source: str):
             obj = getattr(obj, part)
         except AttributeError as exc:
             raise BackendContractError(f"{source}: {module_name!r} has no attribute {attr!r}") from exc
-    return resolve_loaded(obj, source)
+    return obj
 
 
 @dataclass
@@ -233,22 +241,32 @@ class Registry:
     backends: dict = field(default_factory=dict)   # name -> backend
     sources: dict = field(default_factory=dict)    # name -> where it came from
     errors: dict = field(default_factory=dict)     # source -> message
+    loaded: dict = field(default_factory=dict)     # source -> name of the backend it gave
+    origins: dict = field(default_factory=dict)    # name -> the object its source named
 
-    def register(self, backend, source: str = "direct"):
+    def register(self, backend, source: str = "direct", origin=None):
+        """Add a backend. The same object (or the same factory) named again by a second
+        source, e.g. an installed package's entry point and `--plugin` with the same target,
+        is one backend, registered once; another backend with a taken name is an error."""
         validate_backend(backend, source)
-        if backend.name in self.backends:
-            raise BackendContractError(
-                f"backend from {source}: name {backend.name!r} already registered by {self.sources[backend.name]}")
-        self.backends[backend.name] = backend
-        self.sources[backend.name] = source
+        origin = backend if origin is None else origin
+        name = backend.name
+        if name in self.backends:
+            if self.origins[name] is not origin and self.backends[name] is not backend:
+                raise BackendContractError(
+                    f"backend from {source}: name {name!r} already registered by {self.sources[name]}")
+            self.loaded[source] = name
+            return self.backends[name]
+        self.backends[name] = backend
+        self.sources[name] = source
+        self.origins[name] = origin
+        self.loaded[source] = name
         return backend
 
     def _add(self, target: str, source: str, loader=None):
         try:
-            obj = loader() if loader else resolve_target(target, source)
-            if loader:
-                obj = resolve_loaded(obj, source)
-            self.register(obj, source)
+            raw = loader() if loader else load_target(target, source)
+            self.register(resolve_loaded(raw, source), source, origin=raw)
         except Exception as exc:
             self.errors[source] = str(exc) if isinstance(exc, BackendContractError) else \
                 f"{source}: {type(exc).__name__}: {exc}"

@@ -42,13 +42,12 @@ from typing import NamedTuple
 
 import torch
 
-from impls.golden import HC_EPS, mix_width
-from impls.registry import DTYPE_NAMES, Capabilities, UnsupportedInputError, check_inputs
+from impls.registry import Capabilities, UnsupportedInputError, check_inputs
+from impls.schema import DTYPE_NAMES, HC_EPS, X_DTYPES, mix_width
 
 N_VALUES = (2, 4, 6, 8)          # validated on the H100 (tests/test_tilelang_backend.py); others refused
 D_MULTIPLE = 16                  # TMA needs 16-byte row strides: D*2 bytes for 16-bit x (8 would do)
 D_MAX = 16384
-X_DTYPES = ("bf16", "fp16", "fp32")
 _TL_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 F32 = "float32"
 
@@ -403,9 +402,12 @@ def get_kernels(n: int, D: int, dtype: str, arch: str, k2=None):
         if missing:
             import tilelang
             t0 = time.perf_counter()
+            # the kernels are built (Python AST parsed) one by one here: CPython 3.11's parser is not
+            # safe to run from several threads ("AST constructor recursion depth mismatch");
             # nvcc runs in subprocesses: compile side by side
+            funcs = [_build(k) for k in missing]
             with ThreadPoolExecutor(len(missing)) as pool:
-                built = list(pool.map(lambda k: tilelang.compile(_build(k), target=_target(arch)), missing))
+                built = list(pool.map(lambda f: tilelang.compile(f, target=_target(arch)), funcs))
             _STATS["compiles"] += len(missing)
             _STATS["compile_seconds"] += time.perf_counter() - t0
             _KERNELS.update({(arch, k): kern for k, kern in zip(missing, built)})

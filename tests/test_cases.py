@@ -194,3 +194,28 @@ def test_zero_tokens_can_fall_on_any_token_even_the_only_one():
         assert int(rows.sum()) == 1
         zeroed.add(int(rows.nonzero()[0]))
     assert zeroed == {0, 1, 2}
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(B=10**12, S=10**12), "B=1000000000000 is larger than"),
+    (dict(B=1 << 20, S=1 << 20, n=8, D=8), "elements: more than"),
+    (dict(n=1000), "n=1000 is larger than"),
+    (dict(B=True), "B must be a positive int"),
+    (dict(x_scale=1e6), "x_scale must be a number within"),
+    (dict(x_scale=float("nan")), "x_scale must be a number within"),
+    (dict(alpha=(1.0, float("inf"), 1.0)), "alpha must be 3 numbers"),
+    (dict(zero_tokens=-1), "zero_tokens must be an int"),
+    (dict(use_gamma="yes"), "use_gamma must be true or false"),
+])
+def test_case_parameters_are_bounded_so_building_a_case_cannot_overflow(fields, message):
+    with pytest.raises(ValueError, match=message):
+        CaseParams(**{**dict(B=1, S=2, n=2, D=3), **fields}).validated()
+
+
+def test_a_case_too_big_for_the_device_is_named_before_anything_is_allocated():
+    from fuzz.sizes import case_bytes, too_big
+    p = CaseParams(4096, 4096, 4, 8192)
+    assert case_bytes(p) > 1 << 40
+    why = too_big(p, "cpu", available=64 << 30)
+    assert why.startswith("case B=4096 S=4096 n=4 D=8192 needs about") and "64 GiB of available memory" in why
+    assert too_big(CaseParams(1, 16, 4, 64), "cpu", available=64 << 30) is None

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from conftest import ROOT
+from verbatim import run_line
 from fuzz.reports import iter_reports, load_report, sweep_reports_dir
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
@@ -25,14 +26,14 @@ def test_run_golden_on_cpu_writes_summaries(tmp_path):
     stale = tmp_path / "reports" / "golden" / ".0badc0de.json.k1ll3d.tmp"   # debris of a killed run
     stale.parent.mkdir(parents=True)
     stale.write_text('{"schema": ')
-    r = cli("run", "--backend", "golden", "--budget", "12s", "--profile", "ci", "--out", out,
+    r = cli("run", "--backend", "golden", "--budget", "300s", "--max-cases", "12", "--profile", "ci", "--out", out,
             "--reports", tmp_path / "reports", "--db", tmp_path / "db")
     assert r.returncode == 0, r.stdout + r.stderr
     assert not stale.exists() and "removed 1 unfinished report file(s)" in r.stdout
     assert "no CUDA device: running on the CPU" in r.stdout or "cuda" in r.stdout
     doc = json.loads((out / "summary.json").read_text())
     (golden,) = doc["backends"]
-    assert golden["cases"] > 10 and golden["failed"] == 0 and not doc["failed"]
+    assert golden["cases"] == 12 and golden["failed"] == 0 and not doc["failed"]
     assert set(golden["worst_ratio"]) >= {"dx", "dphi", "dalpha", "dbias", "dgamma"}
     suite = ET.parse(out / "junit.xml").getroot()
     assert suite.find("testsuite").get("failures") == "0"
@@ -55,10 +56,12 @@ def test_run_finds_mutant_then_replay_fails_until_fixed(tmp_path):
     rep = reps[path]
     junit = ET.parse(tmp_path / "out" / "junit.xml").getroot()
     assert junit.find("testsuite").get("failures") == str(len(paths))
-    # the one-line replay command in the report works and still fails
-    replay = rep["replay"].split()[2:]
-    r2 = cli("replay", *replay)
-    assert r2.returncode == 1 and "FAIL" in r2.stdout and "dx" in r2.stdout
+    # the one-line replay command in the report runs as written (a fresh shell at the repository
+    # root, the installed command), loads only the plugin of its backend, and still fails
+    assert rep["plugins"] == ["tests.mutants:stream0_only"]
+    assert f"- replay: `{rep['replay']}`" in (tmp_path / "out" / "summary.md").read_text()   # the same line
+    r2 = run_line(rep["replay"], tmp_path)
+    assert r2.returncode == 1 and "FAIL (tolerance)" in r2.stdout and "dx" in r2.stdout, r2.stdout + r2.stderr
     # "fixed": the same case against the correct implementation passes
     r3 = cli("replay", path, "--backend", "golden")
     assert r3.returncode == 0, r3.stdout
@@ -155,7 +158,8 @@ def _warm_up_run(tmp_path, *extra, fail=False):
     env = dict(ENV, MHC_WARM_UP_MARK=str(tmp_path / "mark"), MHC_WARM_UP_FAIL="1" if fail else "0")
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "fuzz.cli", "run", "--plugin", "tests.warm_up_probe:backend",
-                        "--backend", "warm_up_probe", "--budget", "4s", "--profile", "ci", "--device", "cpu",
+                        "--backend", "warm_up_probe", "--budget", "300s", "--max-cases", "3", "--profile", "ci",
+                        "--device", "cpu",
                         "--out", out, "--reports", tmp_path / "reports", "--db", "none", *extra],
                        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     doc = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else None
@@ -166,7 +170,7 @@ def test_warm_up_runs_once_before_the_cases_and_is_reported(tmp_path):
     r, doc, out = _warm_up_run(tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     (probe,) = doc["backends"]
-    assert probe["cases"] > 0 and probe["failed"] == 0          # every case saw the warm-up's file
+    assert probe["cases"] == 3 and probe["failed"] == 0          # every case saw the warm-up's file
     st = doc["warm_up"]["warm_up_probe"]
     assert st["prepared"] == 3 and isinstance(st["seconds"], float)
     assert f"warm-up warm_up_probe: {st['seconds']:.1f} s (prepared 3)" in r.stdout.splitlines()
@@ -183,7 +187,7 @@ def test_a_failing_warm_up_is_reported_and_the_run_goes_on(tmp_path):
     r, doc, _ = _warm_up_run(tmp_path, fail=True)
     assert "warm-up of warm_up_probe failed" in r.stdout and "toolchain missing" in r.stdout
     assert doc["warm_up"]["warm_up_probe"]["error"] == "RuntimeError: toolchain missing"
-    assert doc["backends"][0]["cases"] > 0                       # the run went on (and its cases failed)
+    assert doc["backends"][0]["cases"] == 3                      # the run went on (and its cases failed)
 
 
 def test_sharded_run_warms_up_once_in_the_parent(tmp_path):
@@ -191,4 +195,4 @@ def test_sharded_run_warms_up_once_in_the_parent(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("warm-up warm_up_probe") == 1
     assert doc["warm_up"]["warm_up_probe"]["prepared"] == 3
-    assert doc["backends"][0]["cases"] > 0 and not doc["failed"]
+    assert doc["backends"][0]["cases"] == 6 and not doc["failed"]     # 3 per shard, each prepared

@@ -7,10 +7,11 @@ import sys
 from importlib.metadata import entry_points
 
 from conftest import ROOT
-from fuzz.cases import CaseParams
+from fuzz.cases import CaseParams, make_inputs
 from fuzz.check import run_case
 from fuzz.reports import build_report, write_report
 import tests.mutants as M
+from impls.schema import BACKWARD_ARGS
 
 
 def _report(tmp_path, mutant, params, expected_failure=None):
@@ -60,14 +61,29 @@ def test_reports_collected_per_backend_with_strict_xfail(tmp_path):
     marked = _report(tmp_path, M.dbias_res_twice, CaseParams(1, 1, 1, 1, seed=2), expected_failure="bug 7")
     (tmp_path / "reports" / "broken").mkdir()
     (tmp_path / "reports" / "broken" / "bad.json").write_text("{oops")
-    r = _pytest(tmp_path)
+    # a reduced report: its tensors stored beside it
+    res = run_case(M.d_tail_dropped, CaseParams(1, 2, 2, 17, seed=3), "cpu")
+    inp = make_inputs(res.params)
+    reduced, _ = write_report(build_report(res, plugins=["tests.mutants:d_tail_dropped"], env={}),
+                              tmp_path / "reports", tensors={k: getattr(inp, k) for k in BACKWARD_ARGS})
+    doc = json.loads(reduced.read_text())
+    doc["expected_failure"] = {"reason": "tensor-backed"}
+    reduced.write_text(json.dumps(doc))
+    r = _pytest(tmp_path, "--mhc-plugin", "tests.mutants:stream0_only", "--mhc-plugin", "tests.mutants:dbias_res_twice",
+                "--mhc-plugin", "tests.mutants:d_tail_dropped")
     got = outcomes(r.stdout)
-    # each report fails on its own backend, and only there: golden passes the same case
+    # each report fails on its own backend, and only there: golden passes the same case; a
+    # plugin's backend (a planted bug) replays its own reports only
     failed = {k for k, (outcome, _) in got.items() if outcome == "FAILED"}
     assert failed == {node(unfixed, "stream0_only"), "reports/broken/bad.json::invalid-report"}, r.stdout
     assert got[node(unfixed, "golden")] == ("PASSED", None)
     assert got[node(marked, "golden")] == ("PASSED", None)
     assert got[node(marked, "dbias_res_twice")] == ("XFAIL", "bug 7")
+    assert got[node(reduced, "d_tail_dropped")] == ("XFAIL", "tensor-backed")
+    assert got[node(reduced, "golden")] == ("PASSED", None)
+    assert not any(k.startswith(f"reports/{p.parent.name}/") and k.endswith(f"::{m}") for k in got
+                   for p in (unfixed, marked, reduced) for m in ("stream0_only", "dbias_res_twice", "d_tail_dropped")
+                   if m != p.parent.name), r.stdout
     assert not [k for k, (outcome, _) in got.items() if outcome in ("XPASS", "ERROR")], r.stdout
     rid = json.loads(unfixed.read_text())["id"]
     lines = r.stdout.splitlines()
@@ -76,6 +92,26 @@ def test_reports_collected_per_backend_with_strict_xfail(tmp_path):
     assert any(re.fullmatch(r"report bad\.json fails on None \(cpu\): .*/reports/broken/bad\.json: line 1: "
                             r"not valid JSON: .*", line) for line in lines), r.stdout
     assert r.returncode == 1
+
+
+def test_crash_and_hang_reports_are_verdicts_not_the_end_of_pytest(tmp_path):
+    """The reports of a segfault and a hang (as the run that found them wrote them) run in the
+    worker process under pytest: each is its report's strict xfail, and pytest goes on."""
+    from fuzz.check import CaseResult
+    from fuzz.kinds import FailureKind
+    for mutant, params, kind, seconds in ((M.segfaults, CaseParams(1, 2, 1, 1), FailureKind.CRASH, 0.2),
+                                          (M.hangs, CaseParams(1, 1, 1, 2), FailureKind.TIMEOUT, 2.0)):
+        res = CaseResult(mutant.name, params, "cpu", "fail", kind, [], "found by a run", seconds)
+        path, _ = write_report(build_report(res, plugins=[f"tests.mutants:{mutant.name}"], env={}),
+                               tmp_path / "reports")
+        doc = json.loads(path.read_text())
+        doc["expected_failure"] = {"reason": f"planted {kind}"}
+        path.write_text(json.dumps(doc))
+    r = _pytest(tmp_path, "--mhc-plugin", "tests.mutants:segfaults", "--mhc-plugin", "tests.mutants:hangs",
+                "-k", "not golden and not triton and not tilelang")
+    out = r.stdout
+    assert out.count("XFAIL") >= 2 and "planted crash" in out and "planted timeout" in out, out
+    assert r.returncode == 0 and "INTERNALERROR" not in out, out
 
 
 def test_fixed_bug_under_strict_xfail_shows_as_xpass_failure(tmp_path):

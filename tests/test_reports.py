@@ -217,7 +217,8 @@ def test_report_fields(tmp_path):
         "failing_components": ["dphi", "dx"], "message": "bad", "params": res.params.to_dict(), "device": "cpu",
         "verdicts": [v.to_dict() for v in res.verdicts], "worst_ratio": 10.0, "detected_after_s": 1.5,
         "environment": {"e": 1}, "plugins": ["pkg.mod:a", "pkg.mod:b"],
-        "replay": "mhc-fuzz replay {path} --plugin pkg.mod:a --plugin pkg.mod:b", "expected_failure": None}
+        "replay": "mhc-fuzz replay {path} --plugin pkg.mod:a --plugin pkg.mod:b", "case_timeout_s": None,
+        "expected_failure": None}
     found = dt.datetime.fromisoformat(rep["found_at"])
     assert found.tzinfo is not None and abs(dt.datetime.now(dt.timezone.utc) - found) < dt.timedelta(minutes=5)
     path, written = write_report(rep, tmp_path)
@@ -358,7 +359,15 @@ def test_environment_names_the_gpu_of_cuda_runs_only(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU 80GB")
     monkeypatch.setattr(torch.version, "cuda", "12.8")
-    monkeypatch.setitem(sys.modules, "tilelang", None)            # not installed: recorded as None
+    from importlib import metadata
+    real_version = metadata.version
+
+    def version(name):                                             # tilelang not installed
+        if name == "tilelang":
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+    monkeypatch.setitem(sys.modules, "tilelang", None)
+    monkeypatch.setattr(metadata, "version", version)              # ... is recorded as None
     env = environment("cuda")
     assert env["gpu"] == "Test GPU 80GB" and env["cuda"] == "12.8"
     assert env["tilelang"] is None

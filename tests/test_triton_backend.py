@@ -19,7 +19,9 @@ triton = pytest.importorskip("triton")
 
 import impls.triton_mhc as tm  # noqa: E402
 from fuzz.cases import CaseParams, make_inputs  # noqa: E402
+from fuzz.cases import _layout as cases_layout  # noqa: E402
 from fuzz.check import run_case  # noqa: E402
+from fuzz.guards import guarded  # noqa: E402
 from impls.golden import mhc_forward, mhc_pre_backward_manual  # noqa: E402
 from impls.registry import UnsupportedInputError, validate_backend  # noqa: E402
 
@@ -155,39 +157,103 @@ def test_imports_without_triton():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
-# Every kernel compiles for sm_90 (H100) without a GPU. Runs in a subprocess without
+def _gpu_launches(monkeypatch, B, S, n, D, x_dtype, layout, use_gamma):
+    """The kernel launches of one backward and one forward call, configured as on a GPU
+    (nothing is launched), on inputs laid out as the fuzzer lays them out, each inside guard
+    regions as run_case passes them. Values do not matter here: empty tensors."""
+    monkeypatch.setattr(tm, "INTERPRET", False)
+    F, e = n * n + 2 * n, lambda *shape, dt=torch.float32: torch.empty(shape, dtype=dt)  # noqa: E731
+    xdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[x_dtype]
+    x, dh_in = (cases_layout(e(*shape, dt=xdt), layout) for shape in ((B, S, n, D), (B, S, D)))
+    bwd = [x, e(F, n * D), e(3), e(F), e(B, S), e(B, S, F), e(B, S, n), e(B, S, n), dh_in,
+           e(B, S, n), e(B, S, n, n), e(n, D) if use_gamma else None]
+    bwd = [None if t is None else guarded(t)[0] for t in bwd]
+    plan = tm._BackwardPlan(*bwd)
+    _, fwd = tm._forward_launches(*(bwd[i] for i in (0, 1, 2, 3, 11)))
+    return list(plan.launches.values()) + fwd
+
+
+def test_every_launch_is_a_reachable_variant(monkeypatch):
+    """What warm_up() compiles (reachable_variants) covers every launch of fuzz-like inputs:
+    all n, x dtypes, layouts (misaligned storage offset, padded rows, copied transposes),
+    odd/aligned/large D, gamma or not. Every launch passes 16-byte aligned pointers of the
+    dtypes the variant assumes, and i32 integers (not specialized, see _kernel)."""
+    monkeypatch.setattr(tm, "INTERPRET", False)
+    reachable = {tm._variant(getattr(tm, name), getattr(torch, dt), meta) for name, dt, meta in tm.reachable_variants()}
+    assert len(reachable) <= 250        # few variants: all of them compile before a run
+    seen = set()
+    # (D, S, layout): aligned and odd rows, token counts that are multiples of 16 or not
+    forms = [(3, 2, "contiguous"), (24, 16, "contiguous"), (24, 2, "contiguous"), (3, 16, "contiguous"),
+             (17, 2, "strided"), (100, 16, "offset"), (8, 2, "transposed"), (1, 16, "offset")]
+    cases = [(n, dt) + f for n in range(1, 9) for dt in ("bf16", "fp16", "fp32") for f in forms]
+    cases += [(n, "bf16", D, 2, "contiguous") for n in range(1, 9) for D in (7168, 16383)]  # wider kernel (4) blocks
+    for i, (n, dt, D, S, layout) in enumerate(cases):
+        case = (1 + i % 2, S, n, D, dt, layout, i % 3 != 0)
+        for launch in _gpu_launches(monkeypatch, *case):
+            key = launch.variant()
+            assert key in reachable, f"{case}: {key} is not in reachable_variants()"
+            seen.add(key)
+            names = [a for a in tm.inspect.signature(launch.kernel.fn).parameters if a not in launch.meta]
+            for name, arg in zip(names, launch.args):
+                if isinstance(arg, torch.Tensor):
+                    assert arg.data_ptr() % 16 == 0, f"{case}: {name} misaligned"
+                    assert arg.dtype == (launch.x_dtype if name in tm.X_POINTERS else torch.float32), name
+                else:
+                    assert isinstance(arg, int) and 0 <= arg < 2**31, (name, arg)
+    # and every listed variant is reached (kernel (4)'s widest column blocks need larger D: see below)
+    assert not {k[0] for k in reachable - seen} - {"_bwd_dgamma_kernel"}
+
+
+def test_finalize_column_classes_are_all_listed(monkeypatch):
+    """Kernel (4)'s variant depends on K = n*D: every K the capabilities admit maps to a
+    (column block, K % 4) class that reachable_variants() lists."""
+    monkeypatch.setattr(tm, "INTERPRET", False)
+    listed = {(m["FP"], m["BLOCK_K"], m["VEC"])
+              for name, _, m in tm.reachable_variants() if name == "_bwd_dgamma_kernel"}
+    for n in range(1, tm.N_MAX + 1):
+        FP, bk4 = tm._n_class(n)["FP"], tm._bwd_config(n)["bk4"]
+        for D in range(1, tm.D_MAX + 1):
+            K = n * D
+            assert (FP, tm._block_k(K, bk4), 4 if K % 4 == 0 else 1) in listed, (n, D)
+
+
+def test_warm_up_statistics():
+    st = tm.backend.warm_up()
+    assert st["kernels"] == len(tm.reachable_variants())
+    if tm.INTERPRET:     # nothing to compile there
+        assert st["compiled"] == 0 and st["interpreted"]
+    else:
+        assert st["kernels"] > 0 and "compile_seconds" in st
+        before = tm.backend.stats()["compiles"]
+        tm.backend.backward(*make_inputs(CaseParams(1, 5, 4, 64, "bf16", seed=11), DEVICE).backward_args())
+        assert tm.backend.stats()["compiles"] == before    # found in the disk cache the warm-up filled
+
+
+# Every kernel compiles for sm_90 (H100) without a GPU, with the compile-time arguments of a
+# variant the fuzzer reaches (bf16, n=4, aligned rows). Runs in a subprocess without
 # TRITON_INTERPRET: the interpreter replaces triton's own @jit helpers (tl.sum, tl.cdiv).
 COMPILE_SCRIPT = textwrap.dedent("""
-    import os, sys
+    import inspect, os, sys
     os.environ.pop("TRITON_INTERPRET", None)
-    import triton
+    import torch, triton
     try:
         from triton.compiler import ASTSource
         from triton.backends.compiler import GPUTarget
     except ImportError as exc:
         print("NOAPI", exc); sys.exit(0)
     import impls.triton_mhc as tm
-    bf = {"x_ptr": "*bf16", "dhin_ptr": "*bf16", "dx_ptr": "*bf16", "hin_ptr": "*bf16"}
-    n, F, FP = 4, 24, 32
-    kernels = [
-        (tm._bwd_token_kernel, dict(N=n, F=F, W=F + 3, NP=4, NNP=16, BLOCK_T=4, BLOCK_D=256, HC_EPS=1e-6), 8),
-        (tm._bwd_dx_kernel, dict(N=n, F=F, FP=FP, BLOCK_T=64, BLOCK_D=32, DOT_PREC="tf32x3", PREFETCH=True,
-                                   XEV="evict_first", PEV="evict_last", SCM=".cs", SPLIT_ONCE=True), 4),
-        (tm._bwd_dx_kernel, dict(N=n, F=F, FP=FP, BLOCK_T=32, BLOCK_D=128, DOT_PREC="tf32", PREFETCH=True,
-                                   XEV="evict_first", PEV="evict_last", SCM=".cs", SPLIT_ONCE=False), 4),
-        (tm._bwd_dphi_kernel, dict(N=n, F=F, FP=FP, BLOCK_T=64, BLOCK_D=128, SPLIT_BF16=True, INTERP=False,
-                                   DOT_PREC="tf32x3"), 4),
-        (tm._bwd_dgamma_kernel, dict(F=F, FP=FP, W=F + 3, WP=32, BLOCK_K=32, BLOCK_S=8, BLOCK_R=128,
-                                     HAS_GAMMA=True), 4),
-        (tm._fwd_mix_kernel, dict(N=n, F=F, FP=FP, BLOCK_T=64, BLOCK_D=64, HAS_GAMMA=True, DOT_PREC="tf32x3"), 4),
-        (tm._fwd_token_kernel, dict(N=n, F=F, FP=FP, BLOCK_T=64, NORM_EPS=1e-6, HC_EPS=1e-6), 4),
-        (tm._fwd_hin_kernel, dict(N=n, BLOCK_T=16, BLOCK_D=256), 4),
-    ]
-    for fn, const, warps in kernels:
-        sig = {a: "constexpr" if a in const else (bf.get(a, "*fp32") if a.endswith("_ptr") else "i32")
-               for a in fn.arg_names}
-        k = triton.compile(ASTSource(fn, sig, const), target=GPUTarget("cuda", 90, 32),
-                           options={"num_warps": warps})
+    metas = dict(tm._bwd_metas(4, torch.bfloat16, 8, 16, 4 * 7168))
+    metas.update({"fwd_" + k if k == "token" else k: m for k, m in tm._fwd_metas(4, torch.bfloat16, 8).items()})
+    for key, meta in metas.items():
+        fn = getattr(tm, tm._KERNELS[key])
+        # sizes and strides are runtime values: no ==1 / %16 variants per shape
+        ints = [a for a in fn.arg_names if a not in meta and not a.endswith("_ptr")]
+        assert ints and set(ints) <= set(fn.do_not_specialize), (fn.__name__, ints, fn.do_not_specialize)
+        const = {k: v for k, v in meta.items() if k not in ("num_warps", "num_stages")}
+        sig = {a: "constexpr" if a in const else ("*bf16" if a in tm.X_POINTERS else "*fp32")
+               if a.endswith("_ptr") else "i32" for a in fn.arg_names}
+        opts = {k: meta[k] for k in ("num_warps", "num_stages") if k in meta}
+        k = triton.compile(ASTSource(fn, sig, const), target=GPUTarget("cuda", 90, 32), options=opts)
         assert "cubin" in k.asm and k.asm["cubin"], fn.__name__
         print("compiled", fn.__name__)
 """)
@@ -201,4 +267,4 @@ def test_kernels_compile_for_sm90():
     if out.returncode == 0 and out.stdout.startswith("NOAPI"):
         pytest.skip(f"triton.compile/ASTSource/GPUTarget API missing: {out.stdout.strip()}")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("compiled") == 8, out.stdout
+    assert out.stdout.count("compiled") == 7, out.stdout

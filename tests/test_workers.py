@@ -12,35 +12,49 @@ import pytest
 
 from conftest import ROOT
 from fuzz.reports import iter_reports, load_report
-from fuzz.shards import merge
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
 
 
-def test_merge_adds_counts_and_dedupes_findings():
-    def summary(cases, worst, sigs):
-        return {"backends": [{"backend": "b", "cases": cases, "passed": cases - len(sigs), "failed": len(sigs),
-                              "refused": 0, "seconds": 10.0, "worst_ratio": {"dx": worst},
-                              "findings": [{"signature": s} for s in sigs]}]}
-    m = merge([summary(10, 0.5, ["x"]), summary(30, 2.0, ["x", "y"])], 2, "cuda", 10)
-    (b,) = m["backends"]
-    assert b["cases"] == 40 and b["failed"] == 3 and b["worst_ratio"]["dx"] == 2.0
-    assert sorted(f["signature"] for f in b["findings"]) == ["x", "y"]
-    assert b["cases_per_second"] == 4.0 and m["failed"]
+def _shard_stats(cases, worst, findings):
+    """A shard's statistics as its JSON file carries them: findings {signature: (case T, hits)}."""
+    from fuzz.cases import CaseParams
+    from fuzz.check import CaseResult
+    from fuzz.engine import BackendStats, Finding
+    s = BackendStats("b", "cuda", 10.0, cases=cases, passed=cases - len(findings), failed=len(findings),
+                     seconds=10.0, worst={"dx": worst}, worst_case={"dx": {"seed": cases}}, ratios={"dx": [worst]})
+    for sig, (T, hits) in findings.items():
+        kind, comps = sig.split("|")[1:]
+        res = CaseResult("b", CaseParams(1, T, 4, 16), "cuda", "fail", kind,
+                         [__import__("fuzz.compare", fromlist=["x"]).contract_verdict(comps, "x")])
+        s.findings[sig] = Finding(res, None, float(T), hits)
+    return BackendStats.from_dict(json.loads(json.dumps(s.to_dict(samples=True))))   # through JSON
+
+
+def test_merge_adds_counts_and_keeps_the_smallest_case_per_signature():
+    a = _shard_stats(10, 0.5, {"b|tolerance|dx": (8, 3)})
+    b = _shard_stats(30, 2.0, {"b|tolerance|dx": (2, 5), "b|crash|": (4, 1)})
+    m = a.merge(b)
+    assert m.cases == 40 and m.failed == 3 and m.workers == 2
+    assert m.worst["dx"] == 2.0 and m.worst_case["dx"] == {"seed": 30} and sorted(m.ratios["dx"]) == [0.5, 2.0]
+    assert set(m.findings) == {"b|tolerance|dx", "b|crash|"}
+    dx = m.findings["b|tolerance|dx"]
+    assert dx.result.params.S == 2 and dx.hits == 8      # the smaller case, every shard's hits
+    assert m.cases_per_second() == 4.0
 
 
 def test_two_cpu_workers_share_reports_without_duplicates(tmp_path):
     reports = tmp_path / "reports"
     r = subprocess.run([sys.executable, "-m", "fuzz.cli", "run", "--workers", "2", "--device", "cpu",
                         "--backend", "golden,d_tail_dropped", "--plugin", "tests.mutants:d_tail_dropped",
-                        "--budget", "20s", "--profile", "ci", "--reports", reports, "--out", tmp_path / "out",
-                        "--db", "none"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+                        "--budget", "600s", "--max-cases", "40", "--profile", "ci", "--reports", reports,
+                        "--out", tmp_path / "out", "--db", "none"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 1, r.stdout + r.stderr
     doc = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert doc["workers"] == 2 and len(doc["per_worker"]) == 2
+    assert doc["workers"] == 2
     golden = next(b for b in doc["backends"] if b["backend"] == "golden")
-    assert golden["cases"] == sum(next(x for x in w["backends"] if x["backend"] == "golden")["cases"]
-                                  for w in doc["per_worker"])
+    assert golden["cases"] == 80 and golden["workers"] == 2     # both shards' cases, added up
     assert not golden["findings"]
     # one file per finding of the merged summary: each worker's copy of a bug went to the same file
     mutant = next(b for b in doc["backends"] if b["backend"] == "d_tail_dropped")
@@ -81,7 +95,7 @@ def redis_url(tmp_path):
 def _fuzz_run(tmp_path, tag, db, seed):
     out = tmp_path / tag
     r = subprocess.run([sys.executable, "-m", "fuzz.cli", "run", "--device", "cpu", "--backend", "rare_bug",
-                        "--plugin", "tests.mutants:rare_bug", "--budget", "90s", "--profile", "ci",
+                        "--plugin", "tests.mutants:rare_bug", "--budget", "600s", "--max-cases", "400", "--profile", "ci",
                         "--seed", str(seed), "--db", db, "--reports", tmp_path / f"rep-{tag}", "--out", out,
                         "--stop-on-first-failure", "--no-isolate"],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)

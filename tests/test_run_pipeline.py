@@ -1,0 +1,157 @@
+"""A nightly run's promises: it explores past known bugs, ends inside its budget, hands CI one
+complete result (sharded or not), and stops on a signal without a false finding.
+
+Every verdict here is about what a run did (which signatures, which files, which exit code),
+never about how many cases fit in some seconds: max-cases fixes the amount of work."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import ROOT
+from fuzz import engine
+from fuzz.executor import InProcessExecutor
+from fuzz.profiles import PROFILES
+from fuzz.reports import iter_reports, load_report
+from impls.registry import default_registry
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "fuzz.cli", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=timeout, cwd=ROOT)
+
+
+class CountingExecutor(InProcessExecutor):
+    """Counts how often each case runs (a settled bug must not be shrunk again and again)."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.runs = {}
+
+    def run(self, name, params, **kw):
+        self.runs[params] = self.runs.get(params, 0) + 1
+        return super().run(name, params, **kw)
+
+
+def test_search_goes_on_past_a_known_bug_and_finds_the_rare_one(tmp_path):
+    """two_bugs fails every case without gamma (dgamma); its second bug (dx) needs n=3, an odd D
+    and T >= 17. The common one is found, shrunk once, then only counted."""
+    reg = default_registry(["tests.mutants:two_bugs"], entry_points=False)
+    ex = CountingExecutor(reg, "cpu")
+    opts = engine.FuzzOptions(device="cpu", chunk_examples=40, limits=PROFILES["ci"].cpu, seed=1, max_cases=300,
+                              hypothesis_seed=1, reports_dir=tmp_path,
+                              stop_when_found=frozenset({"two_bugs|tolerance|dgamma", "two_bugs|tolerance|dx"}))
+    stats = engine.fuzz_backend("two_bugs", reg.get("two_bugs").capabilities, ex, 900.0, opts)
+    assert {"two_bugs|tolerance|dgamma", "two_bugs|tolerance|dx"} <= set(stats.findings), stats.findings
+    common = stats.findings["two_bugs|tolerance|dgamma"]
+    assert common.hits > 1                       # later cases with the known bug were counted
+    assert max(ex.runs.values()) <= 10, max(ex.runs.values())   # ... and the minimal case not re-run 91 times
+    reports = {load_report(p)["signature"]: load_report(p) for p in iter_reports(tmp_path)}
+    assert set(reports) == set(stats.findings)   # one report per signature, the summary's findings
+    doc = stats.to_dict()
+    assert {f["signature"]: f["hits"] for f in doc["findings"]}["two_bugs|tolerance|dgamma"] == common.hits
+
+
+def test_budget_is_a_hard_limit_a_running_case_is_not_a_failure(tmp_path):
+    """`hangs` spins forever on D >= 2; with a case timeout far beyond the budget, the run still
+    ends at its budget: the case in flight is stopped and counted as not run."""
+    budget = 15
+    t0 = time.monotonic()
+    r = cli("run", "--plugin", "tests.mutants:hangs", "--backend", "hangs", "--budget", f"{budget}s",
+            "--case-timeout", "600", "--device", "cpu", "--profile", "ci", "--db", "none",
+            "--out", tmp_path / "out", "--reports", tmp_path / "rep")
+    elapsed = time.monotonic() - t0
+    doc = json.loads((tmp_path / "out" / "summary.json").read_text())
+    (hangs,) = doc["backends"]
+    assert hangs["not_run"] >= 1 and hangs["findings"] == [] and r.returncode == 0, r.stdout + r.stderr
+    assert elapsed < budget + 20, elapsed     # the budget, not the 600 s case timeout
+
+
+def _outputs_of(out, junit, js):
+    doc = json.loads(js.read_text())
+    suites = ET.parse(junit).getroot()
+    page = (out / "summary.md").read_text()
+    return doc, suites, page
+
+
+def test_sharded_run_writes_what_a_single_run_writes(tmp_path):
+    out, junit, js = tmp_path / "out", tmp_path / "ci" / "junit.xml", tmp_path / "ci" / "run.json"
+    r = cli("run", "--workers", "2", "--device", "cpu", "--backend", "golden,stream0_only",
+            "--plugin", "tests.mutants:stream0_only", "--max-cases", "6", "--budget", "300s", "--profile", "ci",
+            "--db", "none", "--out", out, "--reports", tmp_path / "rep", "--junit", junit, "--json", js)
+    assert r.returncode == 1, r.stdout + r.stderr
+    doc, suites, page = _outputs_of(out, junit, js)
+    assert doc["workers"] == 2 and not doc["interrupted"]
+    golden = next(b for b in doc["backends"] if b["backend"] == "golden")
+    assert golden["cases"] == 12 and golden["workers"] == 2 and not golden["findings"]   # 6 per shard, added up
+    mutant = next(b for b in doc["backends"] if b["backend"] == "stream0_only")
+    sigs = {f["signature"] for f in mutant["findings"]}
+    assert sigs and sigs == {load_report(p)["signature"] for p in iter_reports(tmp_path / "rep")}
+    failures = {c.get("name") for c in suites.iter("testcase") if c.find("failure") is not None}
+    assert failures == sigs
+    assert "| golden | 12 |" in page and "workers 2" in page
+    assert not (out / "summary.json").exists()        # --json moved it
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
+def test_sigterm_to_the_process_group_stops_cleanly(tmp_path, sharded):
+    """SIGTERM to every process of the run (as a CI runner's timeout does): no false finding, a
+    summary marked interrupted in JSON, JUnit and Markdown, exit 130."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "fuzz.cli", "run", "--backend", "golden", "--budget", "300s", "--profile", "ci",
+            "--device", "cpu", "--db", "none", "--out", out, "--reports", tmp_path / "rep"]
+    if sharded:
+        argv += ["--workers", "2"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    # wait until cases run: a worker process of the executor exists under the run
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not _case_workers_running(proc.pid, 2 if sharded else 1):
+        time.sleep(0.5)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGTERM)
+    t0 = time.monotonic()
+    stdout, _ = proc.communicate(timeout=120)
+    stopped_in = time.monotonic() - t0
+    assert proc.returncode == 130, stdout
+    doc, suites, page = _outputs_of(out, out / "junit.xml", out / "summary.json")
+    assert doc["interrupted"] and not doc["failed"], doc
+    assert all(not b["findings"] for b in doc["backends"])
+    props = {p.get("name"): p.get("value") for p in suites.iter("property")}
+    assert props["interrupted"] == "true"
+    assert "INTERRUPTED" in page
+    print(f"stopped {stopped_in:.1f} s after SIGTERM")
+
+
+def _case_workers_running(pid, want) -> bool:
+    """Whether `want` multiprocessing workers (the case executors) run below process `pid`."""
+    found = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{d}/cmdline", "rb").read()
+            sid = os.getsid(int(d))
+        except (OSError, ProcessLookupError):
+            continue
+        if sid == pid and b"multiprocessing" in cmd and b"spawn_main" in cmd and _ignores_sigterm(d):
+            found += 1
+    return found >= want
+
+
+def _ignores_sigterm(pid: str) -> bool:
+    """Whether the process has set SIGTERM to be ignored (a case worker past its start-up)."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    except OSError:
+        pass
+    return False
