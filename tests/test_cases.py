@@ -76,6 +76,7 @@ def test_layouts_change_memory_not_values(layout):
     base = make_inputs(CaseParams(2, 3, 4, 9, "fp16", seed=5))
     other = make_inputs(CaseParams(2, 3, 4, 9, "fp16", seed=5, layout=layout))
     assert _same(base, other)
+    assert other.x.dtype == other.dh_in.dtype == torch.float16
     if layout == "contiguous":
         assert other.x.is_contiguous()
     elif layout == "offset":
@@ -110,6 +111,7 @@ def test_from_dict_rejects_unknown_and_invalid():
 def test_cpu_and_gpu_build_identical_inputs():
     p = CaseParams(3, 7, 4, 130, "bf16", seed=42, outliers=3, zero_tokens=2, layout="strided")
     a, b = make_inputs(p, "cpu"), make_inputs(p, "cuda")
+    assert all(t.device.type == "cuda" for t in b.tensors().values())
     for k in ("x", "phi", "alpha", "bias", "gamma", "dh_in", "dh_post", "dh_res"):
         assert torch.equal(getattr(a, k), getattr(b, k).cpu()), k
 
@@ -143,8 +145,9 @@ def test_invalid_parameters_are_named(fields, message):
 
 
 def test_without_gamma_there_is_no_gamma_tensor():
-    inp = make_inputs(CaseParams(1, 2, 2, 4, use_gamma=False, seed=1))
-    assert inp.gamma is None and "gamma" not in inp.tensors()
+    p = CaseParams(1, 2, 2, 4, use_gamma=False, seed=1)
+    inp = make_inputs(p)
+    assert inp.params == p and inp.gamma is None and "gamma" not in inp.tensors()
     assert inp.backward_args()[-1] is None and inp.forward_args()[-1] is None
     assert [t is getattr(inp, k) for k, t in zip(inp.BACKWARD_ARGS, inp.backward_args())] == [True] * 12
     assert set(inp.tensors()) == set(inp.BACKWARD_ARGS) - {"gamma"}
@@ -182,8 +185,9 @@ def test_outliers_multiply_x_and_are_clamped_to_the_dtype():
     changed = (out.x != base.x).reshape(-1)
     assert 1 <= int(changed.sum()) <= 3
     assert torch.equal(out.x.reshape(-1)[changed], (base.x.float() * 64).half().reshape(-1)[changed])
-    huge = make_inputs(CaseParams(1, 2, 2, 8, "fp16", seed=2, x_scale=6.0))   # 1e6 > fp16's 65504
-    assert torch.isfinite(huge.x).all() and huge.x.abs().max() == 65504
+    huge = make_inputs(CaseParams(1, 2, 2, 8, "fp16", seed=2, x_scale=6.0, grad_scale=6.0))   # 1e6 > 65504
+    for t in (huge.x, huge.dh_in):
+        assert torch.isfinite(t).all() and (t.max(), t.min()) == (65504, -65504)
 
 
 def test_uniform_depends_on_seed_stream_and_index_only():

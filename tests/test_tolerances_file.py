@@ -43,8 +43,24 @@ def test_broken_file_is_named(tmp_path, mutate, key, problem):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(tolerances.ToleranceFileError, match="cannot read"):
+    with pytest.raises(tolerances.ToleranceFileError) as err:
         tolerances.load(tmp_path / "nope.yaml")
+    assert str(err.value) == f"{tmp_path / 'nope.yaml'}: cannot read: No such file or directory"
+
+
+@pytest.mark.parametrize("text, where", [
+    ("version: 1\nlambda: [1,\n  2\ncomponents: {}\n", "line 4: not valid YAML: expected ',' or ']', but got ':'"),
+    ("a: b: c\n", "line 1: not valid YAML: mapping values are not allowed here"),
+    ("version: 1\n\x07\n", "document: not valid YAML: unacceptable character #x0007"),
+])
+def test_yaml_syntax_errors_name_the_line(tmp_path, text, where):
+    path = tmp_path / "tol.yaml"
+    path.write_text(text)
+    with pytest.raises(tolerances.ToleranceFileError) as err:
+        tolerances.load(path)
+    assert str(err.value).startswith(f"{path}: {where}")
+    if where.startswith("line"):
+        assert str(err.value) == f"{path}: {where}"
 
 
 def test_accumulation_factor_is_capped_by_the_worst_case():
@@ -85,6 +101,7 @@ COMPONENTS = sorted(BACKWARD + FORWARD)
     (_set(["lambda"], float("inf")), "lambda: must be a finite non-negative number, got inf"),
     (_set(["underflow"], -1), "underflow: must be a finite non-negative number, got -1"),
     (_set(["components"], 3), "components: missing or not a mapping"),
+    (_set(["components", "dgamma"], DELETE), "components.dgamma: missing"),
     (_set(["components", "dfoo"], {}), f"components.dfoo: unknown component (expected one of {COMPONENTS})"),
     (_set(["components", "dx"], 3), "components.dx: must be a mapping"),
     (_set(["components", "dx", "sums"], DELETE), "components.dx.sums: missing"),
@@ -187,5 +204,6 @@ def test_length_expressions(expr, value):
 
 @pytest.mark.parametrize("expr", ["T+F", "1.5*T", "Q", "T/F", "-T"])
 def test_length_expressions_that_are_not_products(expr):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as err:
         tolerances.eval_length(expr, dict(T=2, n=1, D=4, F=3))
+    assert str(err.value) == expr
