@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--db", default=".hypothesis/mhc-fuzz",
                    help="Hypothesis example database: a directory, redis://host:port/N, or none")
     r.add_argument("--case-timeout", type=float, default=300.0, help="seconds before a case counts as hung")
+    r.add_argument("--shrink-budget", default="120s", metavar="DURATION",
+                   help="how long a failure is shrunk before the search goes on with the smallest case so far "
+                        "(default 120s; a hang or a crash costs a timeout or a new worker per step)")
     r.add_argument("--no-isolate", action="store_true", help="run backends in this process (no crash containment)")
     r.add_argument("--stop-on-first-failure", action="store_true")
     r.add_argument("--workers", default=None, help="N or auto: one worker per GPU (default 1)")

@@ -185,6 +185,13 @@ class BackendStats:
         return self
 
 
+class ShrinkBudgetSpent(BaseException):
+    """Raised by the property once a chunk has shrunk its failure for opts.shrink_budget_s: the
+    smallest failing case so far is already recorded (and its report written), and the search
+    goes on with a new chunk. A hang or a crash costs its timeout or a new worker per shrinking
+    step; without a bound Hypothesis shrinks such a failure for up to five minutes."""
+
+
 class OutOfBudget(BaseException):
     """Raised by the property past the deadline: Hypothesis lets it through at once (it is not
     an Exception), so the chunk ends without generating or shrinking any further."""
@@ -213,6 +220,7 @@ class FuzzOptions:
     deadline: float | None = None      # time.monotonic() at which the whole run ends
     max_cases: int | None = None       # or: stop after this many cases (a fixed amount of work)
     hypothesis_seed: int | None = None  # seed Hypothesis (chunk k: seed + k): the same cases every time
+    shrink_budget_s: float = 120.0     # the most seconds a chunk spends shrinking its failures
     on_result: object = None           # callback(stats, result) for progress display
     on_finding: object = None          # callback(stats, finding, is_new)
 
@@ -264,6 +272,8 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         stop.check()
         if time.monotonic() >= deadline or (opts.max_cases is not None and stats.cases >= opts.max_cases):
             raise OutOfBudget
+        if failed_at and time.monotonic() - failed_at[0] > opts.shrink_budget_s:
+            raise ShrinkBudgetSpent
         try:
             res = executor.run(name, params, deadline=deadline, **options)
             seen_at = time.monotonic()
@@ -287,6 +297,7 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         elif found.failed:
             record_failure(found, seen_at)
             if found.signature() not in settled:
+                failed_at[:] = failed_at or [time.monotonic()]     # this chunk shrinks from here
                 raise _failure_type(found.signature())(f"{found.signature()}: {found.message}")
 
     def done() -> bool:
@@ -297,6 +308,7 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         return opts.stop_on_first_failure and bool(stats.findings)
 
     fatal = []
+    failed_at = []           # when the current chunk first failed (its shrinking began)
     chunk = 0
     try:
         executor.warm()      # start the worker (imports, CUDA) now; it counts against this budget
@@ -322,11 +334,14 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
             break
         except OutOfBudget:
             break
+        except ShrinkBudgetSpent:
+            pass
         except Exception:
             pass   # failures are already recorded; Hypothesis re-raises them at the end
         if fatal:
             raise fatal[0]
         settled.update(stats.findings)
+        failed_at.clear()
         chunk += 1
     stats.seconds = time.monotonic() - start
     stats.worker_restarts = getattr(executor, "restarts", 0)

@@ -45,7 +45,9 @@ from impls.registry import default_registry
 
 STARTUP_TIMEOUT_S = 300.0
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-PRELOAD = ["torch"]   # what the fork server imports once for every worker (see the module doc)
+# what the fork server imports once for every worker (see the module doc): torch, and this
+# module with the checks (none of them reads the environment when imported)
+PRELOAD = ["torch", "fuzz.executor"]
 POLL_S = 0.1          # how often a wait looks at the deadline and the stop flag
 CALL_LOG_LENGTH = 32  # calls of the current worker kept for a history-dependent failure
 
