@@ -104,9 +104,17 @@ def test_a_reduced_case_s_tensors_are_stored_beside_its_report_under_their_hash(
 
 
 def test_a_tensor_write_killed_before_its_rename_leaves_a_hidden_temporary_the_sweep_removes(tmp_path):
+    """A smaller case replacing a tensor-backed report, its writer SIGKILLed just before the
+    rename of its tensors: the old report and tensors stand, the one file left beside them is a
+    hidden temporary named for the new tensors, and the sweep removes it."""
     import os
     import signal
-    report = build_report(_result(8), env={})
+
+    import torch
+    folder = tmp_path / "bk"
+    path, _ = write_report(build_report(_result(64), env={}), tmp_path, tensors=_tensors())
+    before = sorted(folder.iterdir())
+    smaller = build_report(_result(8), env={})
     pid = os.fork()
     if pid == 0:                              # the child: no return into pytest from here
         try:
@@ -117,15 +125,15 @@ def test_a_tensor_write_killed_before_its_rename_leaves_a_hidden_temporary_the_s
                     os.kill(os.getpid(), signal.SIGKILL)
                 return real_replace(src, dst, *args, **kwargs)
             os.replace = killed
-            write_report(report, tmp_path, tensors=_tensors())
+            write_report(smaller, tmp_path, tensors={"x": torch.zeros(2, 3)})
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    folder = tmp_path / "bk"
-    (left,) = [p.name for p in folder.iterdir()]
-    assert left.startswith(f".{report['id']}-") and ".safetensors." in left and left.endswith(".tmp"), left
-    assert sweep_reports_dir(tmp_path) == 1 and list(folder.iterdir()) == []
+    (left,) = [p.name for p in folder.iterdir() if p not in before]
+    assert left.startswith(f".{smaller['id']}-") and ".safetensors." in left and left.endswith(".tmp"), left
+    assert load_report(path)["params"]["D"] == 64 and tensors_path(path, load_report(path)) in before
+    assert sweep_reports_dir(tmp_path) == 1 and sorted(folder.iterdir()) == before
 
 
 @pytest.mark.parametrize("failure", ["fsync", "rename after the temporary is gone"])
