@@ -17,6 +17,7 @@ from fuzz import chunks, poison
 from fuzz import compare as cmp
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams, Inputs, make_inputs
+from fuzz.context import CallContext
 from fuzz.guards import damaged, guarded
 from fuzz.kinds import FailureKind
 from fuzz.precision import UNIT_ROUNDOFF
@@ -38,6 +39,7 @@ class CaseResult:
     message: str = ""
     seconds: float = 0.0
     backend_stats: dict = field(default_factory=dict)   # e.g. compile counts, from backend.stats()
+    history: list = field(default_factory=list)         # earlier calls it needs: [{"backend", "params"}]
 
     @property
     def failed(self) -> bool:
@@ -57,7 +59,7 @@ class CaseResult:
         return dict(backend=self.backend, params=self.params.to_dict(), device=self.device,
                     status=self.status, kind=self.kind, message=self.message,
                     seconds=round(self.seconds, 4), verdicts=[v.to_dict() for v in self.verdicts],
-                    backend_stats=self.backend_stats)
+                    backend_stats=self.backend_stats, history=self.history)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CaseResult":
@@ -65,7 +67,7 @@ class CaseResult:
         return cls(d["backend"], CaseParams.from_dict(d["params"]), d["device"], d["status"],
                    FailureKind(kind) if kind else "",
                    [cmp.Verdict.from_dict(v) for v in d.get("verdicts", [])], d.get("message", ""),
-                   d.get("seconds", 0.0), d.get("backend_stats") or {})
+                   d.get("seconds", 0.0), d.get("backend_stats") or {}, d.get("history") or [])
 
 
 def _clone(inp: Inputs) -> dict:
@@ -114,11 +116,13 @@ def _judge(outputs, p: CaseParams, device, direction, ref, mags, tols, caps) -> 
 
 def _judge_case(c, outputs, direction) -> tuple[list, str]:
     """_judge on the case's truth; a case too big for one float64 pass is judged token chunk by
-    token chunk (fuzz/chunks.py)."""
+    token chunk (fuzz/chunks.py). Outputs belong on the inputs' device, index included (cuda:1
+    for inputs on cuda:1 while cuda:0 is current)."""
+    device = c.inp.x.device
     if chunks.needed(c.res.params):
-        return chunks.judge(outputs, c.inp, direction, c.tols, c.caps, c.res.device)
+        return chunks.judge(outputs, c.inp, direction, c.tols, c.caps, device)
     ref, mags = c.truth()
-    return _judge(outputs, c.res.params, c.res.device, direction, ref, mags, c.tols, c.caps)
+    return _judge(outputs, c.res.params, device, direction, ref, mags, c.tols, c.caps)
 
 
 def _dgamma_by_convention(out, convention, shape, dtype, device):
@@ -158,9 +162,11 @@ class CaseRun:
     guards: dict = field(default_factory=dict)
     before: dict = field(default_factory=dict)
     outputs: object = None
+    forward_outputs: object = None     # the forward's outputs (or its exception), once called
     ref: dict | None = None
     mags: dict | None = None
     truth_of: object = truth           # inputs -> float64 reference outputs (fuzz/truth.py)
+    judged: tuple | None = None        # (verdicts, kind) of call 1's outputs, once judged (repeated_call)
 
     @property
     def caps(self):
@@ -236,23 +242,25 @@ def unwritten_outputs(c: CaseRun):
 
 
 def backward_values(c: CaseRun):
-    verdicts, kind = _judge_case(c, c.outputs, "backward")
+    verdicts, kind = c.judged or _judge_case(c, c.outputs, "backward")
     c.res.verdicts = verdicts
     if kind:
         c.fail(kind, _verdict_message(verdicts))
 
 
 def forward_unwritten(c: CaseRun):
-    """The same for the forward's outputs, on a forward call of its own (forward_values then
-    calls it again, on the second fill)."""
+    """The same for the forward's outputs: its first call runs on the NaN fill, and
+    forward_values judges that call's outputs (a second call would cost the fuzz a forward
+    per case; the rerun on the second fill is made only when a fill shows)."""
     if not (isinstance(c.backend, poison.PoisonedBackend) and c.check_forward and c.caps.has_forward):
         return
     try:
-        fwd = c.backend.forward(*c.inp.forward_args())
-    except Exception:
-        return                      # forward_values reports it
+        c.forward_outputs = c.backend.forward(*c.inp.forward_args())
+    except Exception as exc:
+        c.forward_outputs = exc        # forward_values reports it
+        return
     rerun = lambda: c.backend.call("forward", c.inp.forward_args(), poison.second_word(c.res.device))  # noqa: E731
-    found = poison.inspect(fwd, "forward", c.res.device, rerun)
+    found = poison.inspect(c.forward_outputs, "forward", c.res.device, rerun)
     if found:
         c.fail(*found)
 
@@ -260,15 +268,57 @@ def forward_unwritten(c: CaseRun):
 def forward_values(c: CaseRun):
     if not (c.check_forward and c.caps.has_forward):
         return
-    try:
-        fwd = c.backend.forward(*c.inp.forward_args())
-    except Exception as exc:
-        c.fail(FailureKind.EXCEPTION, f"forward raised {type(exc).__name__}: {exc}")
+    fwd = c.forward_outputs
+    if fwd is None:
+        try:
+            fwd = c.backend.forward(*c.inp.forward_args())
+        except Exception as exc:
+            fwd = exc
+    if isinstance(fwd, Exception):
+        c.fail(FailureKind.EXCEPTION, f"forward raised {type(fwd).__name__}: {fwd}")
         return
     verdicts, kind = _judge_case(c, fwd, "forward")
     c.res.verdicts += verdicts
     if kind:
         c.fail(kind, _verdict_message(verdicts))
+
+
+def repeated_call(c: CaseRun):
+    """Call 2 on the same inputs, in the same context, judged like call 1: when the case asks
+    for it (calls=2), and, for a backend declared deterministic, whenever call 1 is out of
+    bounds (is it only the first call of this shape that is wrong?). For a deterministic
+    backend, call 1 wrong and call 2 right is a first-call failure, call 1 right and call 2
+    wrong a repeated-call failure (state kept across calls), and both right they must be
+    bitwise equal. For one that is not, where two calls may differ by chance, each call must
+    be within its bounds. Call 1 wrong is left to backward_values."""
+    p = c.res.params
+    first, kind1 = c.judged = _judge_case(c, c.outputs, "backward")
+    if kind1 == FailureKind.CONTRACT or (p.calls == 1 and not (kind1 and c.caps.deterministic)):
+        return
+    try:
+        again = c.backend.backward(*_fresh(c.inp, c.before))
+    except Exception as exc:
+        c.fail(FailureKind.EXCEPTION, f"call 2 on the same inputs raised {type(exc).__name__}: {exc}")
+        return
+    try:
+        diff = _bitwise_differences(c.outputs, again) if len(again) == len(c.outputs) else None
+    except Exception:               # not tensors where call 1 had them: judged below
+        diff = None
+    # bitwise what call 1 returned: the same verdicts (judged once)
+    second, kind2 = (first, kind1) if diff == [] else _judge_case(c, again, "backward")
+    deterministic = c.caps.deterministic
+    if kind1 and not kind2 and deterministic:
+        c.res.verdicts = first
+        c.fail(FailureKind.FIRST_CALL, "call 1 out of bounds, call 2 on the same inputs within them: "
+               + _verdict_message(first))
+    elif kind2 and not kind1:
+        c.res.verdicts = second
+        c.fail(FailureKind.REPEATED_CALL if deterministic else kind2,
+               "call 1 within bounds, call 2 on the same inputs out of them: " + _verdict_message(second))
+    elif not kind1 and deterministic:
+        if diff:
+            c.fail(FailureKind.NONDETERMINISTIC,
+                   f"declared deterministic, but calls 1 and 2 differ bitwise in {', '.join(diff)}")
 
 
 def determinism(c: CaseRun):
@@ -279,21 +329,30 @@ def determinism(c: CaseRun):
     except Exception as exc:
         c.fail(FailureKind.EXCEPTION, f"second run (determinism check) raised {type(exc).__name__}: {exc}")
         return
-    diff = [n for n, a, b in zip(BACKWARD_OUTPUTS, c.outputs, again)
-            if not (a is None and b is None) and (a is None or b is None or not torch.equal(a, b))]
+    diff = _bitwise_differences(c.outputs, again)
     if diff:
         c.fail(FailureKind.NONDETERMINISTIC,
                f"declared deterministic, but two runs differ bitwise in {', '.join(diff)}")
 
 
-CHECKS = (poison_memory, call_backend, guard_regions, inputs_unchanged, unwritten_outputs, backward_values,
-          forward_unwritten, forward_values, determinism)
+def _bitwise_differences(outputs, again) -> list:
+    """The backward outputs two calls did not return bitwise equal (None on both sides is equal)."""
+    return [n for n, a, b in zip(BACKWARD_OUTPUTS, outputs, again)
+            if not (a is None and b is None) and (a is None or b is None or not torch.equal(a, b))]
+
+
+CHECKS = (poison_memory, call_backend, guard_regions, inputs_unchanged, unwritten_outputs, repeated_call,
+          backward_values, forward_unwritten, forward_values, determinism)
 
 
 def run_case(backend, params: CaseParams, device: str = "cpu", tolerances=None,
              check_determinism: bool | None = None, check_forward: bool = True) -> CaseResult:
-    """Run `backend` on `params` and judge it. Never raises for a backend's misbehaviour."""
-    return run_inputs(backend, make_inputs(params, device), device, tolerances, check_determinism, check_forward)
+    """Run `backend` on `params`, in the case's execution context (fuzz/context.py), and judge
+    it. Never raises for a backend's misbehaviour (ValueError when this machine cannot give
+    the case its context: fuzz.context.unavailable says so beforehand)."""
+    context = CallContext(params, device)
+    return run_inputs(context.wrap(backend), make_inputs(params, context.input_device), device, tolerances,
+                      check_determinism, check_forward)
 
 
 def run_inputs(backend, inp: Inputs, device: str = "cpu", tolerances=None,
@@ -331,7 +390,7 @@ def _fresh(inp: Inputs, before: dict):
     args = []
     for k in Inputs.BACKWARD_ARGS:
         t = getattr(inp, k)
-        if t is not None:
+        if t is not None and not torch.equal(t, before[k]):   # (an expanded input cannot be written)
             t.copy_(before[k])
         args.append(t)
     return args

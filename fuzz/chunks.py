@@ -9,12 +9,10 @@ are bit for bit those of fuzz.cases.make_inputs, and the verdicts those of one p
 (tests/test_chunks.py runs both on small cases cut into tiny chunks)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fuzz import compare as cmp
-from fuzz.cases import Inputs, _layout, _pick, uniform
+from fuzz.cases import Inputs, _pick, laid_out, small_inputs, uniform
 from fuzz.kinds import FailureKind
 from fuzz.precision import TORCH_DTYPE, UNIT_ROUNDOFF
 from fuzz.truth import magnitudes, truth
@@ -42,17 +40,10 @@ def make_inputs(p, device="cpu") -> Inputs:
     B, S, n, D, F, T, K = p.B, p.S, p.n, p.D, p.F, p.T, p.n * p.D
     dt = TORCH_DTYPE[p.x_dtype]
     big = torch.finfo(dt).max
-    f64 = lambda name, shape: uniform(p.seed, name, shape, device)  # noqa: E731
 
-    # the small tensors, exactly as make_inputs makes them
-    phi = (f64("phi", (F, K)) * (10.0 ** p.phi_scale / math.sqrt(K))).float()
-    alpha = torch.tensor(p.alpha, dtype=torch.float64, device=device).float()
-    bias = f64("bias", (F,)) * 0.5
-    bias[: 2 * n] += p.bias_shift
-    bias = bias.float()
-    gamma = ((1 + 0.25 * f64("gamma", (n, D))) * 10.0 ** p.gamma_scale).float() if p.use_gamma else None
-    dh_post = (f64("dh_post", (B, S, n)) * 10.0 ** p.grad_scale).float()
-    dh_res = (f64("dh_res", (B, S, n, n)) * 10.0 ** p.grad_scale).float()
+    # the small tensors, exactly as make_inputs makes them (in their dtypes, expanded ones repeated)
+    small = small_inputs(p, device)
+    phi, alpha, bias, gamma = small["phi"], small["alpha"], small["bias"], small["gamma"]
 
     outliers = _pick(p.seed, "outliers", p.outliers, T * K, device) if p.outliers else None
     zero = _pick(p.seed, "zero_tokens", p.zero_tokens, T, device) if p.zero_tokens else None
@@ -82,9 +73,8 @@ def make_inputs(p, device="cpu") -> Inputs:
             _, hpo, _, inv, mix, hpr = mhc_forward(x[t0:t1].double().unsqueeze(0), phi64, alpha64, bias64, g64)
         inv_rms[t0:t1], h_mix[t0:t1], h_pre[t0:t1], h_post[t0:t1] = inv[0], mix[0], hpr[0], hpo[0]
         del xc, dc
-    return Inputs(p, _layout(x.view(B, S, n, D), p.layout), phi, alpha, bias, gamma, inv_rms.view(B, S),
-                  h_mix.view(B, S, F), h_pre.view(B, S, n), h_post.view(B, S, n),
-                  _layout(dh_in.view(B, S, D), p.layout), dh_post, dh_res)
+    return laid_out(p, dict(small, x=x.view(B, S, n, D), dh_in=dh_in.view(B, S, D), inv_rms=inv_rms.view(B, S),
+                            h_mix=h_mix.view(B, S, F), h_pre=h_pre.view(B, S, n), h_post=h_post.view(B, S, n)))
 
 
 # ------------------------------------------------------------------ verdicts

@@ -90,10 +90,11 @@ def _replay_sanitized(args, console) -> int:
     if args.backend:
         replay += ["--backend", args.backend]
     env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1", MHC_FUZZ_POISON="off")
-    runs = [("no sanitizer", replay)] if args.sanitize == "all" else []
+    every = args.sanitize == ("all",)
+    runs = [("no sanitizer", replay)] if every else []
     from fuzz.replay import SANITIZERS
     runs += [(t, [tool, "--tool", t, "--error-exitcode", "3", *replay])
-             for t in (SANITIZERS if args.sanitize == "all" else (args.sanitize,))]
+             for t in (SANITIZERS if every else args.sanitize)]
     worst, times = EXIT_OK, []
     for name, cmd in runs:
         console.print("running: " + " ".join(cmd))
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--db", default=".hypothesis/mhc-fuzz",
                    help="Hypothesis example database: a directory, redis://host:port/N, or none")
     r.add_argument("--case-timeout", type=float, default=300.0, help="seconds before a case counts as hung")
+    r.add_argument("--shrink-budget", default="120s", metavar="DURATION",
+                   help="how long a failure is shrunk before the search goes on with the smallest case so far "
+                        "(default 120s; a hang or a crash costs a timeout or a new worker per step)")
     r.add_argument("--no-isolate", action="store_true", help="run backends in this process (no crash containment)")
     r.add_argument("--stop-on-first-failure", action="store_true")
     r.add_argument("--workers", default=None, help="N or auto: one worker per GPU (default 1)")

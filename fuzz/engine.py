@@ -15,7 +15,12 @@ report.) Chunks after the first skip Hypothesis's replay of saved examples: thos
 settled failures, and replaying them as passes would also delete them from the database.
 
 The deadline is hard: a case still running at the end of the budget is stopped by the
-executor and counted as not run, and a case that would start after it is not started."""
+executor and counted as not run, and a case that would start after it is not started.
+
+With a worker process (fuzz/executor.py), a new failure is first triaged by fuzz/history.py:
+one that passes alone in a fresh process but fails again after the worker's recent calls is
+recorded as history-dependent, with the few earlier calls it needs; seen again, it is counted
+as a hit and not shrunk (Hypothesis cannot shrink what came before the case)."""
 from __future__ import annotations
 
 import math
@@ -31,8 +36,9 @@ from fuzz import discrimination, stop
 from fuzz.cases import CaseParams
 from fuzz.check import CaseResult
 from fuzz.executor import WorkerStartError
+from fuzz.history import HistoryTriage
 from fuzz.reports import build_report, case_size, environment, write_report
-from fuzz.strategies import cases, unsupported_cases
+from fuzz.strategies import cases, context_space, unsupported_cases
 from impls.schema import BACKWARD_OUTPUTS, FORWARD_OUTPUTS
 
 COMPONENTS = BACKWARD_OUTPUTS + FORWARD_OUTPUTS
@@ -179,6 +185,13 @@ class BackendStats:
         return self
 
 
+class ShrinkBudgetSpent(BaseException):
+    """Raised by the property once a chunk has shrunk its failure for opts.shrink_budget_s: the
+    smallest failing case so far is already recorded (and its report written), and the search
+    goes on with a new chunk. A hang or a crash costs its timeout or a new worker per shrinking
+    step; without a bound Hypothesis shrinks such a failure for up to five minutes."""
+
+
 class OutOfBudget(BaseException):
     """Raised by the property past the deadline: Hypothesis lets it through at once (it is not
     an Exception), so the chunk ends without generating or shrinking any further."""
@@ -207,6 +220,7 @@ class FuzzOptions:
     deadline: float | None = None      # time.monotonic() at which the whole run ends
     max_cases: int | None = None       # or: stop after this many cases (a fixed amount of work)
     hypothesis_seed: int | None = None  # seed Hypothesis (chunk k: seed + k): the same cases every time
+    shrink_budget_s: float = 120.0     # the most seconds a chunk spends shrinking its failures
     on_result: object = None           # callback(stats, result) for progress display
     on_finding: object = None          # callback(stats, finding, is_new)
 
@@ -221,16 +235,20 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
     # The run seed shifts every case's tensor seed, so shards with different seeds explore
     # different data. (Hypothesis's own @seed would also switch its example database off.)
     shift = opts.seed * 1_000_003
-    supported = cases(caps, opts.limits, seeds=st.integers(0, 2**31 - 1).map(lambda s: (s + shift) % 2**31))
+    supported = cases(caps, opts.limits, seeds=st.integers(0, 2**31 - 1).map(lambda s: (s + shift) % 2**31),
+                      space=context_space(opts.device, executor))
+    options = dict(check_determinism=None if opts.check_determinism else False)
+    # failures that may need the calls before them (fuzz/history.py): with a worker process only
+    triage = HistoryTriage(executor, caps.deterministic, options) if hasattr(executor, "run_sequence") else None
     outside = unsupported_cases(caps, opts.device)
     # about one case in ten probes the refusal of an unsupported input (shrinks to supported)
     strategy = supported if outside is None else st.one_of(*[supported] * 9, outside)
     settled = set()          # signatures whose chunk has shrunk them: counted, not shrunk again
 
-    def record_failure(res: CaseResult):
+    def record_failure(res: CaseResult, seen_at: float):
         sig = res.signature()
         old = stats.findings.get(sig)
-        now = time.monotonic() - start
+        now = seen_at - start
         if stats.first_failure_s is None:
             stats.first_failure_s, stats.first_failure_case = now, stats.cases
         if old is not None and sig in settled:
@@ -254,9 +272,13 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         stop.check()
         if time.monotonic() >= deadline or (opts.max_cases is not None and stats.cases >= opts.max_cases):
             raise OutOfBudget
+        if failed_at and time.monotonic() - failed_at[0] > opts.shrink_budget_s:
+            raise ShrinkBudgetSpent
         try:
-            res = executor.run(name, params, deadline=deadline,
-                               check_determinism=None if opts.check_determinism else False)
+            res = executor.run(name, params, deadline=deadline, **options)
+            seen_at = time.monotonic()
+            # history-dependent? (None: a failure already recorded as history-dependent)
+            found = triage.classify(res, deadline) if res.failed and triage is not None else res
         except WorkerStartError as exc:
             fatal.append(exc)      # not a finding: stop the run and say why
             raise
@@ -268,10 +290,15 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
             if math.isfinite(v.worst_ratio):
                 target(min(v.worst_ratio, 1e12), label=v.component)
         target(discrimination.observe(stats, res), label="discrimination")   # tallied for the summary
-        if res.failed:
-            record_failure(res)
-            if res.signature() not in settled:
-                raise _failure_type(res.signature())(f"{res.signature()}: {res.message}")
+        if found is None:          # a history-dependent failure seen again
+            old = stats.findings.get(triage.recorded.get(res.signature()))
+            if old is not None and old.result.signature() in settled:
+                old.hits += 1
+        elif found.failed:
+            record_failure(found, seen_at)
+            if found.signature() not in settled:
+                failed_at[:] = failed_at or [time.monotonic()]     # this chunk shrinks from here
+                raise _failure_type(found.signature())(f"{found.signature()}: {found.message}")
 
     def done() -> bool:
         if opts.max_cases is not None and stats.cases >= opts.max_cases:
@@ -281,6 +308,7 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         return opts.stop_on_first_failure and bool(stats.findings)
 
     fatal = []
+    failed_at = []           # when the current chunk first failed (its shrinking began)
     chunk = 0
     try:
         executor.warm()      # start the worker (imports, CUDA) now; it counts against this budget
@@ -288,7 +316,10 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         stats.interrupted = True
     while not stats.interrupted and time.monotonic() < deadline and not done():
         test = given(params=strategy)(prop)
-        phases = tuple(Phase) if chunk == 0 else tuple(p for p in Phase if p is not Phase.reuse)
+        # no explain phase: it reruns the shrunk case with each choice varied, only to word a
+        # failure message that is never shown (failures are recorded by the property), at the
+        # cost of a case per choice (a case's context and layouts add a dozen choices)
+        phases = tuple(p for p in Phase if p is not Phase.explain and (chunk == 0 or p is not Phase.reuse))
         test = settings(max_examples=opts.chunk_examples, deadline=None, database=opts.database,
                         derandomize=False, report_multiple_bugs=True, verbosity=Verbosity.quiet,
                         phases=phases, suppress_health_check=list(HealthCheck), print_blob=False)(test)
@@ -303,11 +334,14 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
             break
         except OutOfBudget:
             break
+        except ShrinkBudgetSpent:
+            pass
         except Exception:
             pass   # failures are already recorded; Hypothesis re-raises them at the end
         if fatal:
             raise fatal[0]
         settled.update(stats.findings)
+        failed_at.clear()
         chunk += 1
     stats.seconds = time.monotonic() - start
     stats.worker_restarts = getattr(executor, "restarts", 0)

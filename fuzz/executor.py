@@ -10,26 +10,46 @@ ended by killing the worker and returned as not run: neither a pass nor a failur
 worker ignores SIGINT and SIGTERM, so a signal sent to the whole process group stops the run
 through the parent, and never looks like a crash of the backend.
 
+Workers are forked from a fork server that has imported torch once (multiprocessing's
+"forkserver", torch preloaded): replacing a worker after a crash costs a fork, not a new
+interpreter importing torch (seconds per crash, and a crashing backend crashes on most cases
+while Hypothesis shrinks). The server imports nothing that reads the environment a worker is
+given (TRITON_INTERPRET, plugin paths): the worker imports the backends itself, after it has
+set that environment. The server starts with SIGINT/SIGTERM blocked like the workers, and keeps
+them blocked: it ends when this process does.
+
 run(name, params, tensors=PATH) runs the tensors stored in a file (given tensors, a reduced
 report; `params` describes them) instead of generating the case, judged against the truth
-of their saved activations (fuzz/given.py)."""
+of their saved activations (fuzz/given.py).
+
+It also keeps the log of the calls its worker has run (what a history-dependent failure may
+need again, fuzz/history.py), and runs a case, or a sequence of calls, in a fresh process
+that has run nothing before (run_fresh, run_sequence; fuzz/fresh.py): a case with
+first_call set always runs there."""
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import signal
 import time
+from collections import deque
 
 from fuzz import stop
 from fuzz import tolerances as tolmod
 from fuzz.cases import CaseParams
 from fuzz.check import CaseResult, run_case, run_inputs
+from fuzz.context import CallContext
+from fuzz.fresh import FreshProcesses
 from fuzz.kinds import FailureKind
 from impls.registry import default_registry
 
 STARTUP_TIMEOUT_S = 300.0
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# what the fork server imports once for every worker (see the module doc): torch, and this
+# module with the checks (none of them reads the environment when imported)
+PRELOAD = ["torch", "fuzz.executor"]
 POLL_S = 0.1          # how often a wait looks at the deadline and the stop flag
+CALL_LOG_LENGTH = 32  # calls of the current worker kept for a history-dependent failure
 
 
 class WorkerStartError(RuntimeError):
@@ -45,11 +65,23 @@ def _run_one(backend, params: CaseParams, device, tolerances, tensors=None, **op
         return run_case(backend, params, device, tolerances, **options)
     from fuzz.given import GivenTensorsError, inputs_from_file
     from fuzz.truth import truth_from_saved
+    context = CallContext(params, device)     # given tensors are called in their case's context too
     try:
-        inp = inputs_from_file(tensors, device, params)
+        inp = inputs_from_file(tensors, context.input_device, params)
     except (GivenTensorsError, OSError) as exc:
         raise CaseLoadError(str(exc)) from None
-    return run_inputs(backend, inp, device, tolerances, truth_of=truth_from_saved, **options)
+    return run_inputs(context.wrap(backend), inp, device, tolerances, truth_of=truth_from_saved, **options)
+
+
+def run_calls(registry, tolerances, device, name, params: dict, options: dict) -> dict:
+    """The calls of options["history"] [(backend, params dict)] in this process (their results
+    kept only as failure signatures, in "earlier"), then the case; the case's result as a dict."""
+    options = dict(options)
+    history = options.pop("history", ())
+    plain = {k: v for k, v in options.items() if k != "tensors"}
+    earlier = [_run_one(registry.get(n), CaseParams.from_dict(p), device, tolerances, **plain) for n, p in history]
+    result = _run_one(registry.get(name), CaseParams.from_dict(params), device, tolerances, **options)
+    return dict(result.to_dict(), earlier=[r.signature() if r.failed else "" for r in earlier])
 
 
 class InProcessExecutor:
@@ -86,11 +118,20 @@ def _worker_main(conn, plugins, device, tolerances_path, env):
             return
         name, params, options = msg
         try:
-            result = _run_one(registry.get(name), CaseParams.from_dict(params), device, tolerances, **options)
+            payload = run_calls(registry, tolerances, device, name, params, options)
         except CaseLoadError as exc:
             conn.send(("load-error", str(exc)))
             continue
-        conn.send(("result", result.to_dict()))
+        conn.send(("result", payload))
+
+
+def _context():
+    """The fork server's context; its preload is set before the server starts (once per process)."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
 
 
 def not_run(backend_name, params, device, why) -> CaseResult:
@@ -132,9 +173,12 @@ class SubprocessExecutor:
         self.env = dict(env or {})
         self.restarts = 0
         self._proc = self._conn = None
+        self.call_log = deque(maxlen=CALL_LOG_LENGTH)   # (backend, params) run by the current worker
+        self._log_pid = None
+        self._fresh = None             # fresh processes (fuzz/fresh.py), started when first needed
 
     def _start(self):
-        ctx = mp.get_context("spawn")
+        ctx = _context()
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_worker_main, daemon=True,
                                  args=(child, self.plugins, self.device, self.tolerances_path, self.env))
@@ -179,7 +223,11 @@ class SubprocessExecutor:
         still running then is stopped and returned as not run."""
         if (deadline is not None and time.monotonic() >= deadline) or stop.requested():
             return not_run(backend_name, params, self.device, "the run's deadline had passed")
+        if params.first_call:          # the first call of anything in its process
+            return self.run_fresh(backend_name, params, deadline=deadline, **options)
         self.warm()
+        if options.get("tensors") is None:    # (given tensors are not a call a log can repeat)
+            self._log_call(backend_name, params)
         t0 = time.perf_counter()
         left = self.case_timeout_s if deadline is None else min(self.case_timeout_s, deadline - time.monotonic())
         try:
@@ -211,3 +259,46 @@ class SubprocessExecutor:
         if self._proc is not None:
             self._proc.join(5)
         self._kill()
+        if self._fresh is not None:
+            self._fresh.close()
+
+    # ------------------------------------------------------------ call log and fresh workers
+    def _log_call(self, backend_name: str, params: CaseParams):
+        if self._proc.pid != self._log_pid:     # a new worker has no history
+            self.call_log.clear()
+            self._log_pid = self._proc.pid
+        self.call_log.append((backend_name, params))
+
+    def recent_calls(self) -> list:
+        """[(backend, params)] the current worker ran before its last call, oldest first."""
+        return list(self.call_log)[:-1]
+
+    def _fresh_processes(self) -> FreshProcesses:
+        if self._fresh is None:
+            self._fresh = FreshProcesses(self.plugins, self.device, self.tolerances_path, self.env)
+        return self._fresh
+
+    def run_fresh(self, backend_name: str, params: CaseParams, deadline: float | None = None,
+                  **options) -> CaseResult:
+        """Run one case in a process that has run nothing before."""
+        return self.run_sequence(backend_name, params, (), deadline=deadline, **options)[0]
+
+    def run_sequence(self, backend_name: str, params: CaseParams, history=(), deadline: float | None = None,
+                     **options) -> tuple:
+        """Run the calls of `history` [(backend, params)], then the case, in a fresh process.
+        Returns (the case's result, [signature of each earlier call's failure, or ""]). Each call
+        has the per-case timeout; a sequence still running at `deadline`, or when the run is
+        stopped, is ended and its case returned as not run."""
+        if (deadline is not None and time.monotonic() >= deadline) or stop.requested():
+            return not_run(backend_name, params, self.device, "the run's deadline had passed"), []
+        t0 = time.perf_counter()
+        status, payload = self._fresh_processes().run(backend_name, params, history, options,
+                                                      self.case_timeout_s, deadline)
+        if status == "result":
+            return CaseResult.from_dict(payload), payload.get("earlier", [])
+        if status == "load-error":
+            raise CaseLoadError(payload)
+        if status == "not-run":
+            return not_run(backend_name, params, self.device, payload), []
+        kind = FailureKind.TIMEOUT if status == "timeout" else FailureKind.CRASH
+        return CaseResult(backend_name, params, self.device, "fail", kind, [], payload, time.perf_counter() - t0), []

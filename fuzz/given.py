@@ -27,7 +27,7 @@ from fuzz.precision import UNIT_ROUNDOFF
 from fuzz.sizes import too_big
 from fuzz.truth import magnitudes, truth_from_saved
 from impls.golden import mhc_forward
-from impls.schema import BACKWARD_ARGS, DTYPE_NAMES, DTYPES, X_DTYPE_ARGS, input_shapes
+from impls.schema import BACKWARD_ARGS, DTYPE_NAMES, DTYPES, SMALL_ARGS, X_DTYPE_ARGS, input_shapes
 
 ACTIVATIONS = ("inv_rms", "h_mix", "h_pre", "h_post")
 # The saved activations may come from any forward: one whose GEMM rounds its operands to bf16
@@ -99,8 +99,12 @@ def describe(tensors: dict, where: str = "tensors", device: str | None = None) -
     if x.dtype not in DTYPE_NAMES:
         raise GivenTensorsError(f"{where}: x has dtype {x.dtype}; the SPEC's x is one of {', '.join(DTYPES)}")
     B, S, n, D = (int(v) for v in x.shape)
+    # the parameters and incoming gradients may also come in bf16 or fp16 (Capabilities.input_dtypes)
+    other = tuple(sorted((k, DTYPE_NAMES[tensors[k].dtype]) for k in SMALL_ARGS if tensors.get(k) is not None
+                         and tensors[k].dtype in DTYPE_NAMES and tensors[k].dtype != torch.float32))
     try:
-        p = CaseParams(B, S, n, D, DTYPE_NAMES[x.dtype], use_gamma=tensors.get("gamma") is not None).validated()
+        p = CaseParams(B, S, n, D, DTYPE_NAMES[x.dtype], use_gamma=tensors.get("gamma") is not None,
+                       arg_dtypes=other).validated()
     except ValueError as exc:
         raise GivenTensorsError(f"{where}: {exc}") from None
     shapes = input_shapes(B, S, n, D)
@@ -112,9 +116,10 @@ def describe(tensors: dict, where: str = "tensors", device: str | None = None) -
             raise GivenTensorsError(f"{where}: {k} has shape {list(t.shape)}; with x of shape {[B, S, n, D]} "
                                     f"the SPEC's {k} is {list(shapes[k])}")
         want = x.dtype if k in X_DTYPE_ARGS else torch.float32
-        if t.dtype != want:
+        if t.dtype != want and not (k in SMALL_ARGS and t.dtype in DTYPE_NAMES):
             raise GivenTensorsError(f"{where}: {k} has dtype {t.dtype}; the SPEC's {k} is {want}"
-                                    + (" (x's dtype)" if k in X_DTYPE_ARGS else ""))
+                                    + (" (x's dtype)" if k in X_DTYPE_ARGS else
+                                       " (or bf16, fp16 where a backend declares it)" if k in SMALL_ARGS else ""))
     if device is not None:
         why = too_big(p, device)
         if why:
@@ -123,23 +128,25 @@ def describe(tensors: dict, where: str = "tensors", device: str | None = None) -
 
 
 def to_inputs(tensors: dict, device: str, params: CaseParams | None = None) -> Inputs:
-    """An Inputs (fuzz/cases.py) of the given tensors on `device`; `params.layout` (a reduced
-    report's) is applied to x and dh_in, the big activations, as for a generated case."""
+    """An Inputs (fuzz/cases.py) of the given tensors on `device`; the layouts of `params` (a
+    reduced report's: `layout` for x and dh_in, `arg_layouts` for the others) are applied as for a
+    generated case."""
     p = describe(tensors)
-    if params is not None and (p.B, p.S, p.n, p.D, p.x_dtype, p.use_gamma) != (
-            params.B, params.S, params.n, params.D, params.x_dtype, params.use_gamma):
+    if params is not None and (p.B, p.S, p.n, p.D, p.x_dtype, p.use_gamma, p.arg_dtypes) != (
+            params.B, params.S, params.n, params.D, params.x_dtype, params.use_gamma, params.arg_dtypes):
         raise GivenTensorsError(f"the tensors are {shape_line(p)}, not {shape_line(params)}")
-    layout = params.layout if params is not None else "contiguous"
     p = params or p
     t = {k: (None if tensors.get(k) is None else tensors[k].to(device)) for k in BACKWARD_ARGS}
-    for k in X_DTYPE_ARGS:
-        t[k] = _layout(t[k], layout) if layout != "contiguous" else t[k]
+    for k, layout in p.input_layouts().items():     # a reduced report's layouts, as a generated case's
+        if t.get(k) is not None:
+            t[k] = _layout(t[k], layout)
     return Inputs(p, **t)
 
 
 def shape_line(p: CaseParams) -> str:
     """What given tensors are, in one line (their parameters beyond these mean nothing)."""
-    return f"B={p.B} S={p.S} n={p.n} D={p.D} {p.x_dtype}, gamma {'given' if p.use_gamma else 'None'}"
+    return (f"B={p.B} S={p.S} n={p.n} D={p.D} {p.x_dtype}, gamma {'given' if p.use_gamma else 'None'}"
+            + "".join(f", {k} {dt}" for k, dt in p.arg_dtypes))
 
 
 def inputs_from_file(path, device: str, params: CaseParams | None = None) -> Inputs:

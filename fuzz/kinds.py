@@ -17,6 +17,9 @@ class FailureKind(StrEnum):
     INPUT_MUTATED = "input-mutated"                 # changed one of its inputs
     OUT_OF_BOUNDS = "out-of-bounds"                 # wrote outside its buffers (guard regions changed)
     NONDETERMINISTIC = "nondeterministic"           # declared deterministic, two runs differ bitwise
+    FIRST_CALL = "first-call"                       # call 1 out of bounds, call 2 within (deterministic backend)
+    REPEATED_CALL = "repeated-call"                 # call 1 within bounds, call 2 out (deterministic backend)
+    HISTORY_DEPENDENT = "history-dependent"         # fails after earlier calls in its process, passes alone
     UNWRITTEN = "unwritten"                         # output elements never written: they hold the poison fill
     UNINITIALIZED = "uninitialized-read"            # outputs computed from memory nobody wrote (change with the fill)
     CRASH = "crash"                                 # killed its process (segfault, CUDA context lost)

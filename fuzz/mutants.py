@@ -27,6 +27,8 @@ def add_parser(sub, common):
     m.add_argument("--profile", default="ci")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--case-timeout", type=float, default=5.0)
+    m.add_argument("--shrink-budget", default="30s", metavar="DURATION",
+                   help="how long a kill is shrunk (default 30s: the table measures finding, not minimizing)")
     m.add_argument("--reports", default="fuzz-out/mutant-reports", help="where the mutants' reports go")
     m.add_argument("--json", help="write the kill table as JSON")
     m.add_argument("--max-cases", type=int, default=None, metavar="N",
@@ -80,7 +82,8 @@ def run(args, console) -> int:
             prof = load_profile(cls.profile) if getattr(cls, "profile", None) else profile   # e.g. large
             plan = RunPlan(device, budget, prof, reg, [cls.name], tuple(targets) + tuple(args.plugin),
                            seed=args.seed, reports_dir=reports, tolerances=args.tolerances,
-                           case_timeout_s=args.case_timeout, started=time.monotonic())
+                           case_timeout_s=args.case_timeout, shrink_budget_s=parse_budget(args.shrink_budget, "--shrink-budget"),
+                           started=time.monotonic())
             expected = frozenset(getattr(cls, "expected_signatures", ()))
             try:
                 stats = fuzz_backend(cls.name, backend.capabilities, executor, budget,
@@ -130,7 +133,8 @@ def _row(cls, stats) -> dict:
         "signatures": sorted(stats.findings), "expected_signatures_found": expected_sigs <= set(stats.findings),
         "cases": stats.cases, "cases_to_first_failure": stats.first_failure_case,
         "seconds_to_first_failure": None if first is None else round(first.detected_after_s, 2),
-        "minimized_case": None if smallest is None else smallest.result.params.short(),
+        "minimized_case": None if smallest is None else smallest.result.params.short() + (
+            f" after {len(smallest.result.history)} earlier call(s)" if smallest.result.history else ""),
         "minimized_elements": None if smallest is None else case_size(smallest.result.params)[0],
         "report": None if smallest is None or smallest.path is None else str(smallest.path),
     }

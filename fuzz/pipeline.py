@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fuzz import stop
 from fuzz.errors import EXIT_FOUND, EXIT_INTERRUPTED, EXIT_OK, HarnessError
-from fuzz.plan import RunPlan, make_plan, open_database, writable_dir
+from fuzz.plan import RunPlan, make_plan, open_database, parse_budget, writable_dir
 
 
 @dataclass
@@ -35,7 +35,8 @@ def plan_run(args, console) -> RunPlan:
     from fuzz.reports import sweep_reports_dir
     plan = make_plan(backend=args.backend, budget=args.budget, device=args.device, profile=args.profile,
                      plugins=args.plugin, console=console, seed=args.seed, db_spec=args.db,
-                     tolerances=args.tolerances, case_timeout_s=args.case_timeout, isolate=not args.no_isolate,
+                     tolerances=args.tolerances, case_timeout_s=args.case_timeout,
+                     shrink_budget_s=parse_budget(args.shrink_budget, "--shrink-budget"), isolate=not args.no_isolate,
                      stop_on_first_failure=args.stop_on_first_failure, warm_up=not args.no_warm_up,
                      workers=None if args.workers in (None, "1") else args.workers, argv=sys.argv[1:],
                      max_cases=args.max_cases,

@@ -16,15 +16,15 @@ from fuzz.errors import HarnessError
 WRITE_RESERVE_S = 3.0     # the end of the budget kept for the summary, JUnit and the plot
 
 
-def parse_budget(text: str) -> float:
+def parse_budget(text: str, option: str = "--budget") -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*", str(text))
     if not m:
-        raise HarnessError(f"--budget {text!r}: expected a duration like 90s, 10m or 1.5h")
+        raise HarnessError(f"{option} {text!r}: expected a duration like 90s, 10m or 1.5h")
     seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
     if seconds <= 0:
-        raise HarnessError(f"--budget {text!r}: must be more than zero")
+        raise HarnessError(f"{option} {text!r}: must be more than zero")
     if seconds > 7 * 24 * 3600:
-        raise HarnessError(f"--budget {text!r}: more than a week; split the run")
+        raise HarnessError(f"{option} {text!r}: more than a week; split the run")
     return seconds
 
 
@@ -128,6 +128,7 @@ class RunPlan:
     json: Path | None = None
     tolerances: str | None = None
     case_timeout_s: float = 300.0
+    shrink_budget_s: float = 120.0      # per chunk: how long a failure is shrunk (fuzz/engine.py)
     isolate: bool = True
     stop_on_first_failure: bool = False
     warm_up: bool = True
@@ -148,7 +149,7 @@ class RunPlan:
                     database=open_database(self.db_spec), reports_dir=self.reports_dir, plugins=tuple(self.plugins),
                     check_determinism=self.profile.check_determinism,
                     stop_on_first_failure=self.stop_on_first_failure, deadline=self.deadline,
-                    max_cases=self.max_cases)
+                    max_cases=self.max_cases, shrink_budget_s=self.shrink_budget_s)
         opts.update(overrides)
         return FuzzOptions(**opts)
 

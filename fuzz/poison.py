@@ -11,7 +11,8 @@ bits, or any NaN, is looked at again after one rerun on the second fill:
   - it is something else there: computed from memory nobody wrote -> UNINITIALIZED;
   - it is the same again: not the fill's doing (a NaN there is the value checks' business).
 A kernel that reads unwritten memory through a NaN-dropping operation (max, a comparison) is
-invisible under NaN and shows under the second fill: its determinism rerun differs.
+invisible under NaN and shows under the second fill: its determinism rerun differs (the
+backward's: the forward, a secondary check, is called once per case, on the NaN fill).
 
 Where the fills come from:
   - CUDA: the backend's allocations are routed to a private pool of torch's caching allocator

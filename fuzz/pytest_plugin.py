@@ -161,15 +161,28 @@ class ReportItem(pytest.Item):
         params = CaseParams.from_dict(self.report["params"])
         limit = 1 << 18 if self.device == "cpu" else 1 << 28     # keeps the test suite quick
         if params.T * params.n * params.D > limit and b.capabilities.refusal(
-                device=self.device, x_dtype=params.x_dtype, n=params.n, D=params.D, T=params.T) is None:
+                **params.capability_query(self.device)) is None:
             pytest.skip(f"case of {params.T * params.n * params.D} elements is too big for {self.device}")
         why = too_big(params, self.device)
         if why:
             pytest.skip(why)
-        ex = _executor(self.config, plugins, self.device)
-        ex.case_timeout_s = self.report.get("case_timeout_s") or 300.0
+        from fuzz.context import unavailable
+        from fuzz.history import needs_fresh_worker, replay_in_fresh_worker
+        why = unavailable(params, self.device)
+        if why:
+            pytest.skip(f"report {self.report['id']}: its context is unavailable here: {why}")
+        timeout = self.report.get("case_timeout_s") or 300.0
         tensors = tensors_path(self.path, self.report)
-        res = ex.run(self.backend, params, tensors=None if tensors is None else str(tensors))
+        tensors = None if tensors is None else str(tensors)
+        missing = [h["backend"] for h in self.report.get("history") or [] if h["backend"] not in reg.backends]
+        if missing:
+            pytest.skip(f"report {self.report['id']}: its earlier calls need backend {missing[0]}, not loaded here")
+        if needs_fresh_worker(self.report):    # earlier calls, or the first call in a process
+            res = replay_in_fresh_worker(self.report, self.backend, self.device, plugins, None, timeout, tensors)
+        else:
+            ex = _executor(self.config, plugins, self.device)
+            ex.case_timeout_s = timeout
+            res = ex.run(self.backend, params, tensors=tensors)
         if res.failed:
             raise ReportFailure(f"{res.kind}: {res.message}")
 

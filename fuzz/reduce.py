@@ -99,8 +99,11 @@ class Reducer:
     """Runs candidates (through an executor: a worker process by default) and keeps the
     smallest that fails the same way."""
 
-    def __init__(self, executor, backend, device: str, layout: str = "contiguous", max_tests: int = 400):
+    def __init__(self, executor, backend, device: str, layout: str = "contiguous", max_tests: int = 400,
+                 context: dict | None = None):
         self.ex, self.backend, self.device, self.layout = executor, backend, device, layout
+        # what the tensors do not say about the case: the other inputs' layouts, the call's context
+        self.context = dict(context or {})
         self.max_tests, self.tests = max_tests, 0
         self.ref = None                 # the failure to keep
         self.best = None                # (tensors, result) of the smallest failing candidate
@@ -108,7 +111,7 @@ class Reducer:
 
     def params(self, t: dict):
         from fuzz.given import describe
-        return dataclasses.replace(describe(t), layout=self.layout)
+        return dataclasses.replace(describe(t), layout=self.layout, **self.context)
 
     def run(self, t: dict):
         from safetensors.torch import save_file
@@ -121,9 +124,7 @@ class Reducer:
             path.unlink()
 
     def refused(self, t: dict) -> bool:
-        p = self.params(t)
-        return self.backend.capabilities.refusal(device=self.device, x_dtype=p.x_dtype, n=p.n, D=p.D,
-                                                 T=p.T) is not None
+        return self.backend.capabilities.refusal(**self.params(t).capability_query(self.device)) is not None
 
     def fails(self, t: dict) -> bool:
         if self.refused(t) or not self.budget():
@@ -203,8 +204,12 @@ def add_parser(sub, common):
     r.add_argument("--max-tests", type=int, default=400, help="most candidates to run (default 400)")
 
 
+CONTEXT_FIELDS = ("arg_layouts", "grad_mode", "stream", "placement", "calls")
+
+
 def _original(args):
-    """(tensors on the CPU, layout, report or None, backend name) of the case to reduce."""
+    """(tensors on the CPU, params of the case or None, report or None, backend name) of the case
+    to reduce."""
     from fuzz.cases import CaseParams, make_inputs
     from fuzz.errors import HarnessError
     from fuzz.given import GivenTensorsError, load_tensors
@@ -217,6 +222,9 @@ def _original(args):
         except ReportError as exc:
             raise HarnessError(str(exc)) from None
         params = CaseParams.from_dict(rep["params"])
+        if rep.get("history") or params.first_call:
+            raise HarnessError(f"{path}: its failure needs its process (earlier calls, or a first call): "
+                               f"replay it (mhc-fuzz replay); reduce runs its candidates one after another")
         stored = tensors_path(path, rep)
         why = too_big(params, "cpu")          # the candidates are cut from tensors held on the CPU
         if why:
@@ -230,14 +238,14 @@ def _original(args):
                 t = load_tensors(stored, "cpu")
             except GivenTensorsError as exc:
                 raise HarnessError(str(exc)) from None
-        return {k: v for k, v in t.items() if v is not None}, params.layout, rep, args.backend or rep["backend"]
+        return {k: v for k, v in t.items() if v is not None}, params, rep, args.backend or rep["backend"]
     if not args.backend:
         raise HarnessError(f"{path}: saved tensors: say which backend they fail on (--backend NAME)")
     try:
         t = load_tensors(path, "cpu")
     except GivenTensorsError as exc:
         raise HarnessError(str(exc)) from None
-    return {k: t[k] for k in BACKWARD_ARGS if t.get(k) is not None}, "contiguous", None, args.backend
+    return {k: t[k] for k in BACKWARD_ARGS if t.get(k) is not None}, None, None, args.backend
 
 
 def run(args, console) -> int:
@@ -252,7 +260,9 @@ def run(args, console) -> int:
 
     device = pick_device(args.device, console)
     prepare_device_env(device)
-    t, layout, rep, name = _original(args)
+    t, original, rep, name = _original(args)
+    layout = "contiguous" if original is None else original.layout
+    context = {} if original is None else {k: getattr(original, k) for k in CONTEXT_FIELDS}
     try:
         params = describe(t, args.case)
     except GivenTensorsError as exc:
@@ -272,7 +282,12 @@ def run(args, console) -> int:
     timeout = args.case_timeout or (rep or {}).get("case_timeout_s") or DEFAULT_CASE_TIMEOUT_S
     ex = InProcessExecutor(reg, device, args.tolerances) if args.in_process else \
         SubprocessExecutor(args.plugin, device, args.tolerances, timeout)
-    reducer = Reducer(ex, backend, device, layout, args.max_tests)
+    if original is not None:
+        from fuzz.context import unavailable
+        why = unavailable(original, device)
+        if why:
+            raise HarnessError(f"{args.case}: cannot reduce here: its context is unavailable: {why}")
+    reducer = Reducer(ex, backend, device, layout, args.max_tests, context)
     try:
         with console.status(f"reducing {params.T} tokens x n={params.n} x D={params.D} on {name}"):
             small, res = reducer.reduce(t, consistent)

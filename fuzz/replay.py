@@ -4,7 +4,12 @@ A report is data (fuzz/reports.py): its backend comes from this machine's regist
 entry points) and the --plugin options of the person replaying, never from the report. A
 backend that is not loaded is one line with the command that loads it, and exit 2. The case
 runs in a worker process (fuzz/executor.py), so a segfault or a hang is a verdict (crash,
-timeout) and not the end of the harness; --in-process runs it here instead."""
+timeout) and not the end of the harness; --in-process runs it here instead.
+
+A report whose case needs its process (a history-dependent failure's earlier calls, a
+first_call case) replays in a new worker process of its own, which makes those calls first,
+whatever --in-process says. One whose context this machine cannot give (a side stream
+without CUDA, another device with one GPU) is one line saying so, and exit 2."""
 from __future__ import annotations
 
 SANITIZERS = ("memcheck", "initcheck", "racecheck", "synccheck")
@@ -25,8 +30,22 @@ def add_arguments(rp):
     rp.add_argument("--isolate", action="store_true", help=argparse.SUPPRESS)   # the default now (old scripts)
     rp.add_argument("--case-timeout", type=float, default=None,
                     help="seconds before the case counts as hung (default: the report's, else 300)")
-    rp.add_argument("--sanitize", nargs="?", const="memcheck", choices=SANITIZERS + ("all",), metavar="TOOL",
-                    help="rerun under compute-sanitizer: memcheck (default), initcheck, racecheck, synccheck or all")
+    rp.add_argument("--sanitize", nargs="?", const=("memcheck",), type=sanitizer_tools, metavar="TOOL[,TOOL]",
+                    help="rerun under compute-sanitizer: memcheck (default), initcheck, racecheck, synccheck, "
+                         "several (comma-separated) or all")
+
+
+def sanitizer_tools(text: str) -> tuple:
+    """--sanitize's value: 'all' (a plain replay first, for the baseline time, then every tool)
+    or tools named with commas."""
+    if text == "all":
+        return ("all",)
+    tools = tuple(t.strip() for t in text.split(","))
+    bad = [t for t in tools if t not in SANITIZERS]
+    if bad or not tools:
+        raise argparse.ArgumentTypeError(f"invalid choice: {', '.join(map(repr, bad)) or repr(text)} "
+                                         f"(choose from {', '.join(SANITIZERS)}, or all)")
+    return tools
 
 
 def missing_backend(path, rep: dict, name: str, registered, command: str = "replay") -> str:
@@ -49,6 +68,8 @@ def run(args, console) -> int:
     from fuzz.executor import CaseLoadError, InProcessExecutor, SubprocessExecutor, WorkerStartError
     from fuzz.reports import ReportError, load_report, tensors_path
     from fuzz.sizes import too_big
+    from fuzz.context import unavailable
+    from fuzz.history import needs_fresh_worker, replay_in_fresh_worker
 
     worst = EXIT_OK
     executors = {}          # one worker per device for all the reports, replaced when it dies
@@ -74,12 +95,32 @@ def run(args, console) -> int:
             why = too_big(params, device)
             if why:
                 raise HarnessError(f"{path}: {why}")
+            why = unavailable(params, device)
+            if why:
+                raise HarnessError(f"{path}: cannot replay here: its context is unavailable: {why}")
+            for earlier in dict.fromkeys(h["backend"] for h in rep.get("history") or []):
+                if earlier not in reg.backends:     # its earlier calls are made by their own backends
+                    raise HarnessError(missing_backend(path, rep, earlier, reg.names())
+                                       .replace(f"{path}: ", f"{path}: an earlier call's ", 1))
             tensors = tensors_path(path, rep)
+            timeout = args.case_timeout or rep.get("case_timeout_s") or DEFAULT_CASE_TIMEOUT_S
+            if needs_fresh_worker(rep):     # earlier calls, or the first call in a process
+                try:
+                    res = replay_in_fresh_worker(rep, name, device, args.plugin, args.tolerances, timeout,
+                                                 None if tensors is None else str(tensors))
+                except (WorkerStartError, CaseLoadError) as exc:
+                    raise HarnessError(f"{path}: {exc}") from None
+                history = len(rep.get("history") or [])
+                print_result(console, f"{path}: {res.backend} on {res.device}: {res.params.short()}, in a fresh "
+                             f"process" + (f" after {history} earlier call(s)" if history else ""), res)
+                if res.failed:
+                    worst = EXIT_FOUND
+                continue
             if device not in executors:
                 executors[device] = InProcessExecutor(reg, device, args.tolerances) if args.in_process else \
                     SubprocessExecutor(args.plugin, device, args.tolerances)
             ex = executors[device]
-            ex.case_timeout_s = args.case_timeout or rep.get("case_timeout_s") or DEFAULT_CASE_TIMEOUT_S
+            ex.case_timeout_s = timeout
             try:
                 res = ex.run(name, params, tensors=None if tensors is None else str(tensors))
             except (WorkerStartError, CaseLoadError) as exc:

@@ -31,7 +31,15 @@ from pathlib import Path
 from fuzz.cases import CaseParams
 from fuzz.kinds import FailureKind
 
-SCHEMA = 1
+# The report format. Schema 2 added the call's context and every input's layout and dtype to
+# "params", and "history"; a report of schema 1 has none of them and means the default
+# context (a schema 1 harness refuses a schema 2 report instead of replaying it without them).
+SCHEMA = 2
+SCHEMAS = (1, 2)                    # what load_report() reads
+ADDED_IN_SCHEMA = {2: {"report": ("history",),
+                       "params": ("arg_layouts", "arg_dtypes", "grad_mode", "stream", "placement", "calls",
+                                  "first_call")}}
+MAX_HISTORY = 64                    # earlier calls a report may list (a worker's log keeps 32)
 SAMPLE_KIND = "sample"     # a case written to be replayed (fuzz/sample.py), not a failure
 REQUIRED = ("schema", "id", "backend", "signature", "kind", "params", "device", "replay")
 MAX_REPORT_BYTES = 4 << 20          # reports are a few kB; anything bigger is not one
@@ -48,7 +56,8 @@ def case_size(params: CaseParams) -> tuple:
     p = params
     fancy = (abs(p.x_scale) + abs(p.grad_scale) + abs(p.phi_scale) + abs(p.gamma_scale)
              + abs(p.bias_shift) + p.zero_tokens + p.outliers + (p.layout != "contiguous")
-             + (p.x_dtype != "bf16") + (not p.use_gamma) + sum(a != 1.0 for a in p.alpha))
+             + (p.x_dtype != "bf16") + (not p.use_gamma) + sum(a != 1.0 for a in p.alpha)
+             + len(p.arg_layouts) + len(p.arg_dtypes) + len(p.context()))
     return (p.T * p.n * p.D, p.T, p.D, p.n, fancy)
 
 
@@ -128,6 +137,8 @@ def build_report(result, *, detected_after_s: float | None = None, plugins=(), e
         "replay": f"mhc-fuzz replay {{path}}{plugin_flags}",
         # a hang is replayed with the limit it overran (the time the run waited for it)
         "case_timeout_s": round(result.seconds, 1) if result.kind == FailureKind.TIMEOUT else None,
+        # the calls its process must make first (a history-dependent failure; replay makes them)
+        "history": [dict(h) for h in result.history],
         # An unfixed bug stays here as a strict expected failure: {"reason": "..."}.
         "expected_failure": None,
     }
@@ -253,6 +264,46 @@ def _short(value) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
+def _is_backend_name(name) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= 100 and name.replace("-", "_").replace(".", "_").isidentifier()
+
+
+def _check_older_schema(path, doc: dict):
+    """A report of an older schema holds none of the fields added since: what it leaves out means
+    what it meant then (the default context, no earlier calls)."""
+    for schema, added in ADDED_IN_SCHEMA.items():
+        if doc["schema"] < schema:
+            late = [k for k in added["report"] if k in doc]
+            late += [f"params.{k}" for k in added["params"] if isinstance(doc["params"], dict) and k in doc["params"]]
+            if late:
+                raise ReportError(f"{path}: {', '.join(late)}: added in schema {schema}, "
+                                  f"but the report is schema {doc['schema']}")
+
+
+def _check_history(path, doc: dict):
+    """"history": the calls its process made before the case (a history-dependent failure),
+    each {"backend": name, "params": {...}}, checked as the case's own backend and params are."""
+    history = doc.get("history", [])
+    if not isinstance(history, list) or len(history) > MAX_HISTORY:
+        raise ReportError(f"{path}: history must be a list of at most {MAX_HISTORY} earlier calls")
+    for i, h in enumerate(history):
+        if not (isinstance(h, dict) and set(h) == {"backend", "params"}):
+            raise ReportError(f"{path}: history[{i}] must be an object with exactly the keys backend and params")
+        if not _is_backend_name(h["backend"]):
+            raise ReportError(f"{path}: history[{i}]: backend must be a backend name, got {_short(h['backend'])}")
+        if not isinstance(h["params"], dict):
+            raise ReportError(f"{path}: history[{i}]: params must be an object")
+        try:
+            p = CaseParams.from_dict(h["params"])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ReportError(f"{path}: history[{i}]: params: {str(exc)[:200]}") from None
+        if p.first_call:
+            raise ReportError(f"{path}: history[{i}]: params: an earlier call cannot be a first call")
+    if (doc["kind"] == FailureKind.HISTORY_DEPENDENT) != bool(history):
+        raise ReportError(f"{path}: history: a {FailureKind.HISTORY_DEPENDENT} report has its earlier calls, "
+                          f"and only such a report has any (kind {doc['kind']}, {len(history)} earlier calls)")
+
+
 def load_report(path: str | Path) -> dict:
     """Read and check a report; ReportError (one line naming the file) for anything wrong.
     Nothing the report names is imported or called."""
@@ -271,14 +322,16 @@ def load_report(path: str | Path) -> dict:
     for key in REQUIRED:
         if key not in doc:
             raise ReportError(f"{path}: missing key {key!r}")
-    if doc["schema"] != SCHEMA:
-        raise ReportError(f"{path}: schema {_short(doc['schema'])} is not supported (expected {SCHEMA})")
+    if isinstance(doc["schema"], bool) or not isinstance(doc["schema"], int) or doc["schema"] not in SCHEMAS:
+        raise ReportError(f"{path}: schema {_short(doc['schema'])} is not supported "
+                          f"(expected {' or '.join(map(str, SCHEMAS))})")
+    if doc["schema"] < SCHEMA:
+        _check_older_schema(path, doc)
     for key in ("id", "signature", "replay"):
         if not isinstance(doc[key], str):
             raise ReportError(f"{path}: {key} must be a string")
     backend = doc["backend"]
-    if not (isinstance(backend, str) and 0 < len(backend) <= 100
-            and backend.replace("-", "_").replace(".", "_").isidentifier()):
+    if not _is_backend_name(backend):
         raise ReportError(f"{path}: backend must be a backend name, got {_short(backend)}")
     if doc["kind"] not in {k.value for k in FailureKind} | {SAMPLE_KIND}:
         raise ReportError(f"{path}: kind {_short(doc['kind'])} is not a failure kind "
@@ -291,6 +344,7 @@ def load_report(path: str | Path) -> dict:
         CaseParams.from_dict(doc["params"])
     except (TypeError, ValueError, OverflowError) as exc:
         raise ReportError(f"{path}: params: {str(exc)[:200]}") from None
+    _check_history(path, doc)
     plugins = doc.get("plugins") or []
     if not (isinstance(plugins, list) and len(plugins) <= 64
             and all(isinstance(t, str) and PLUGIN_TARGET.fullmatch(t) for t in plugins)):

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from fuzz.cases import LAYOUTS, CaseParams
+from fuzz.cases import ARG_LAYOUTS, GRAD_MODES, LAYOUTS, CaseParams
 from fuzz.geometry import large_shapes
 from impls.registry import Capabilities
-from impls.schema import X_DTYPES
+from impls.schema import DTYPES, SMALL_ARGS, X_DTYPES
 
 # D values real kernels get wrong: around block sizes, odd, and the production sizes.
 _BLOCKS = (16, 32, 64, 128, 256, 512, 1024)
@@ -69,34 +69,104 @@ def log_scales(lo=-4.0, hi=4.0):
     return st.one_of(st.just(0.0), st.integers(int(lo * 2), int(hi * 2)).map(lambda k: k / 2))
 
 
+@dataclass(frozen=True)
+class ContextSpace:
+    """The execution contexts a run can give its cases: CUDA streams on a GPU, the other-device
+    placement with two GPUs or more, a fresh process per case when the executor has one."""
+    cuda: bool = False
+    gpus: int = 0
+    fresh_workers: bool = False
+
+
+def context_space(device: str, executor=None) -> ContextSpace:
+    """What this run can give: streams on CUDA, another device with 2 GPUs or more (seen by this
+    process, as by its workers), fresh worker processes when the executor has them."""
+    gpus = 0
+    if device == "cuda":
+        import torch
+        gpus = torch.cuda.device_count()
+    return ContextSpace(cuda=device == "cuda", gpus=gpus, fresh_workers=hasattr(executor, "run_fresh"))
+
+
+def _rarely(values, one_in: int):
+    """values[0] most of the time (and when shrunk), each other value one time in `one_in` or so."""
+    return st.sampled_from([values[0]] * (one_in - 1) * (len(values) - 1) + list(values[1:]))
+
+
+def contexts(space: ContextSpace):
+    """The execution-context fields of a case (fuzz/context.py), shrinking to the default."""
+    return st.fixed_dictionaries({
+        "grad_mode": st.sampled_from(GRAD_MODES[:1] * 3 + GRAD_MODES[1:]),   # non-default half the time
+        "calls": _rarely((1, 2), 4),
+        "stream": _rarely(("default", "side"), 4) if space.cuda else st.just("default"),
+        "placement": _rarely(("current", "other"), 4) if space.cuda and space.gpus >= 2 else st.just("current"),
+        "first_call": _rarely((False, True), 64) if space.fresh_workers else st.just(False),
+    })
+
+
+def arg_layouts(caps: Capabilities):
+    """Some inputs other than x and dh_in in another layout the backend accepts (shrinks to none)."""
+    pairs = [(name, lay) for name, lays in ARG_LAYOUTS.items() for lay in lays if lay in caps.layouts_of(name)]
+    if not pairs:
+        return st.just(())
+    return st.lists(st.sampled_from(pairs), max_size=3, unique_by=lambda p: p[0]).map(lambda v: tuple(sorted(v)))
+
+
+def arg_dtypes(caps: Capabilities):
+    """Some small inputs in another dtype than fp32, where the backend declares it (shrinks to none)."""
+    pairs = [(name, dt) for name in SMALL_ARGS for dt in caps.dtypes_of(name, "bf16") if dt != "fp32"]
+    if not pairs:
+        return st.just(())
+    return st.lists(st.sampled_from(pairs), max_size=3, unique_by=lambda p: p[0]).map(lambda v: tuple(sorted(v)))
+
+
 alphas = st.tuples(*[st.one_of(st.just(1.0), st.sampled_from([0.5, -1.0, 2.0, -0.01, 4.0, 0.0]))] * 3)
 bias_shifts = st.one_of(st.just(0.0), st.sampled_from([4.0, -4.0, 12.0, -12.0, 30.0, -30.0]))
 
 
-@st.composite
-def cases(draw, caps: Capabilities, limits: Limits = Limits(), seeds=st.integers(0, 2**31 - 1)):
+def cases(caps: Capabilities, limits: Limits = Limits(), seeds=st.integers(0, 2**31 - 1),
+          space: ContextSpace = ContextSpace()):
+    """Cases inside `caps` and `limits`, in the contexts `space` can give. The pieces that do not
+    depend on an earlier draw are built once here, not at every draw (building a strategy costs
+    Hypothesis more than drawing from it)."""
     large = large_shapes(caps, limits) if limits.large else []
-    if large:       # index and grid limits crossed (fuzz/geometry.py); shrinks to the first listed
-        B, S, n, D, x_dtype = draw(st.sampled_from(large))
-    else:
-        B, S, n, D = draw(shapes(caps, limits))
-        x_dtype = draw(st.sampled_from(sorted(caps.x_dtypes, key=lambda d: d != "bf16")))
-    T = B * S
-    x_scale = draw(log_scales())
-    outlier_factor = 64.0
-    if x_dtype == "fp16":   # keep x*outliers finite in fp16 (65504): x_scale + log10(64) < 4.8
-        x_scale = min(x_scale, 3.0)
-    return CaseParams(
-        B=B, S=S, n=n, D=D, x_dtype=x_dtype, seed=draw(seeds),
-        x_scale=x_scale, phi_scale=draw(st.one_of(st.just(0.0), st.sampled_from([-2.0, -1.0, 1.0, 2.0]))),
-        grad_scale=draw(log_scales()), gamma_scale=draw(st.one_of(st.just(0.0), st.sampled_from([-4.0, -2.0, 1.0]))),
-        use_gamma=draw(st.booleans().map(lambda b: not b)), alpha=draw(alphas), bias_shift=draw(bias_shifts),
-        # never every token: an all-zero x makes dphi, dgamma, dalpha, h_in, h_mix zero, and a
-        # case whose truth is zero passes an output that was never computed
-        zero_tokens=0 if T < 2 else draw(st.one_of(st.just(0), st.integers(1, T // 2))),
-        outliers=draw(st.one_of(st.just(0), st.integers(1, 4))), outlier_factor=outlier_factor,
-        layout=draw(st.sampled_from(LAYOUTS)),
-    )
+    large_st = st.sampled_from(large) if large else None
+    shape_st = shapes(caps, limits)
+    x_dtype_st = st.sampled_from(sorted(caps.x_dtypes, key=lambda d: d != "bf16"))
+    phi_scale_st = st.one_of(st.just(0.0), st.sampled_from([-2.0, -1.0, 1.0, 2.0]))
+    gamma_scale_st = st.one_of(st.just(0.0), st.sampled_from([-4.0, -2.0, 1.0]))
+    use_gamma_st = st.just(True) if caps.gamma_required else st.booleans().map(lambda b: not b)
+    outliers_st = st.one_of(st.just(0), st.integers(1, 4))
+    layout_st = st.sampled_from([lay for lay in LAYOUTS if lay in caps.layouts_of("x") and lay in caps.layouts_of("dh_in")])
+    arg_layouts_st, arg_dtypes_st, context_st = arg_layouts(caps), arg_dtypes(caps), contexts(space)
+    scales = log_scales()
+
+    @st.composite
+    def one_case(draw):
+        if large:       # index and grid limits crossed (fuzz/geometry.py); shrinks to the first listed
+            B, S, n, D, x_dtype = draw(large_st)
+        else:
+            B, S, n, D = draw(shape_st)
+            x_dtype = draw(x_dtype_st)
+        T = B * S
+        x_scale = draw(scales)
+        outlier_factor = 64.0
+        if x_dtype == "fp16":   # keep x*outliers finite in fp16 (65504): x_scale + log10(64) < 4.8
+            x_scale = min(x_scale, 3.0)
+        return CaseParams(
+            B=B, S=S, n=n, D=D, x_dtype=x_dtype, seed=draw(seeds),
+            x_scale=x_scale, phi_scale=draw(phi_scale_st),
+            grad_scale=draw(scales), gamma_scale=draw(gamma_scale_st),
+            use_gamma=draw(use_gamma_st), alpha=draw(alphas), bias_shift=draw(bias_shifts),
+            # never every token: an all-zero x makes dphi, dgamma, dalpha, h_in, h_mix zero, and a
+            # case whose truth is zero passes an output that was never computed
+            zero_tokens=0 if T < 2 else draw(st.one_of(st.just(0), st.integers(1, T // 2))),
+            outliers=draw(outliers_st), outlier_factor=outlier_factor,
+            layout=draw(layout_st),
+            arg_layouts=draw(arg_layouts_st), arg_dtypes=draw(arg_dtypes_st), **draw(context_st),
+        )
+
+    return one_case()
 
 
 def outside_limits(caps: Capabilities) -> list:
@@ -114,6 +184,16 @@ def outside_limits(caps: Capabilities) -> list:
     out += [("x dtype", dict(base, x_dtype=d)) for d in X_DTYPES if d not in caps.x_dtypes]
     if caps.max_tokens is not None and caps.max_tokens < 1 << 20:
         out.append(("max tokens", dict(base, S=caps.max_tokens + 1, D=caps.d_multiple)))
+    if caps.gamma_required:
+        out.append(("gamma", dict(base, use_gamma=False)))
+    out += [(f"{name} dtype", dict(base, arg_dtypes=((name, dt),)))
+            for name in caps.input_dtypes for dt in DTYPES if dt not in caps.dtypes_of(name, base["x_dtype"])]
+    for name in caps.input_layouts:
+        for lay in (LAYOUTS if name in ("x", "dh_in") else ARG_LAYOUTS.get(name, ())):
+            fields = dict(base, layout=lay) if name in ("x", "dh_in") else dict(base, arg_layouts=((name, lay),))
+            query = CaseParams(**fields).capability_query(caps.devices[0])
+            if caps.refusal(**query):     # outside for real on this shape (not a layout that vanished)
+                out.append((f"{name} layout", fields))
     return out
 
 

@@ -4,6 +4,7 @@ The formula and the derivation of every constant are written in tolerances.yaml 
 from __future__ import annotations
 
 import ast
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,17 +59,27 @@ class Rule:
 
 def eval_length(expr: str, dims: dict) -> int:
     """Evaluate a length expression like 'T*F' or 'n*D' (products of symbols and ints)."""
+    value = 1
+    for factor in _factors(expr):
+        value *= factor if isinstance(factor, int) else int(dims[factor])
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _factors(expr: str) -> tuple:
+    """The factors of a length expression, symbols as names (parsed once: bounds are computed
+    for every component of every case)."""
     node = ast.parse(expr, mode="eval").body
 
-    def ev(nd):
+    def walk(nd):
         if isinstance(nd, ast.BinOp) and isinstance(nd.op, ast.Mult):
-            return ev(nd.left) * ev(nd.right)
-        if isinstance(nd, ast.Name) and nd.id in dims:
-            return int(dims[nd.id])
-        if isinstance(nd, ast.Constant) and isinstance(nd.value, int):
-            return nd.value
+            return walk(nd.left) + walk(nd.right)
+        if isinstance(nd, ast.Name) and nd.id in LENGTH_SYMBOLS:
+            return (nd.id,)
+        if isinstance(nd, ast.Constant) and isinstance(nd.value, int) and not isinstance(nd.value, bool):
+            return (nd.value,)
         raise ValueError(expr)
-    return ev(node)
+    return walk(node)
 
 
 @dataclass(frozen=True)

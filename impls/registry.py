@@ -38,9 +38,10 @@ BUILTIN_TARGETS = (
     "impls.tilelang_mhc:backend",
 )
 
-from impls.schema import BACKWARD_OUTPUTS, DTYPE_NAMES, DTYPES, FORWARD_OUTPUTS, X_DTYPES  # noqa: E402,F401
+from impls.schema import (BACKWARD_ARGS, BACKWARD_OUTPUTS, DTYPE_NAMES, DTYPES, FORWARD_ARGS,  # noqa: E402,F401
+                          FORWARD_OUTPUTS, LAYOUTS, SMALL_ARGS, X_DTYPES, tensor_layout)
 # Input precision of matrix products a backend may declare (rounding of the GEMM operands).
-GEMM_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+GEMM_PRECISIONS = ("fp32", "tf32x3", "tf32", "bf16", "fp16")
 # What dgamma is for a call without gamma (docs/SPEC.md): "grad", the gradient with respect to
 # the implicit all-ones gamma (the SPEC's convention, golden's); "zeros", exactly zero; "none", None.
 DGAMMA_WITHOUT_GAMMA = ("grad", "zeros", "none")
@@ -72,6 +73,15 @@ class Capabilities:
     has_forward: bool = False
     dgamma_without_gamma: str = "grad"            # one of DGAMMA_WITHOUT_GAMMA
     notes: str = ""
+    # What the other inputs may be. The fuzzer draws inside these declarations and checks that
+    # what lies outside them is refused (for the inputs named here, and gamma=None if required).
+    gamma_required: bool = False                  # gamma=None must be refused
+    # {input: dtypes it accepts} for inputs of SMALL_ARGS; each must include the SPEC's "fp32".
+    # An input not named is fp32 only, and not probed with other dtypes.
+    input_dtypes: dict = field(default_factory=dict)
+    # {input: layouts it accepts} for any of the twelve arguments (names: impls.schema.LAYOUTS),
+    # each including "contiguous". An input not named accepts every layout.
+    input_layouts: dict = field(default_factory=dict)
 
     def __post_init__(self):
         problems = []
@@ -89,14 +99,19 @@ class Capabilities:
             if v is not None and (not isinstance(v, int) or v < 1):
                 problems.append(f"{key} must be None or a positive int, got {v!r}")
         problems += _gemm_precision_problems(self.gemm_precision)
+        problems += _input_problems(self.input_dtypes, SMALL_ARGS, tuple(DTYPES), "fp32", "input_dtypes")
+        problems += _input_problems(self.input_layouts, BACKWARD_ARGS, LAYOUTS, "contiguous", "input_layouts")
         if self.dgamma_without_gamma not in DGAMMA_WITHOUT_GAMMA:
             problems.append(f"dgamma_without_gamma must be one of {DGAMMA_WITHOUT_GAMMA}, "
                             f"got {self.dgamma_without_gamma!r}")
         if problems:
             raise BackendContractError("invalid capabilities: " + "; ".join(problems))
 
-    def refusal(self, *, device: str, x_dtype: str, n: int, D: int, T: int) -> str | None:
-        """Why an input of this kind is outside the declared limits, or None if inside."""
+    def refusal(self, *, device: str, x_dtype: str, n: int, D: int, T: int, dtypes: dict | None = None,
+                layouts: dict | None = None, gamma: bool = True) -> str | None:
+        """Why an input of this kind is outside the declared limits, or None if inside.
+        dtypes: {input: dtype name} of the inputs other than x; layouts: {input: its layout
+        names (impls.schema.layout_of)}; gamma: whether gamma is given."""
         if device not in self.devices:
             return f"device {device} not in {self.devices}"
         if x_dtype not in self.x_dtypes:
@@ -109,7 +124,31 @@ class Capabilities:
             return f"D={D} > {self.d_max}"
         if self.max_tokens is not None and T > self.max_tokens:
             return f"T={T} > {self.max_tokens}"
+        if not gamma and self.gamma_required:
+            return "gamma=None, but gamma is declared required"
+        for name, dt in (dtypes or {}).items():
+            allowed = self.dtypes_of(name, x_dtype)
+            if dt not in allowed:
+                return f"{name} dtype {dt} not in {allowed}"
+        for name, found in (layouts or {}).items():
+            allowed = self.layouts_of(name)
+            bad = [lay for lay in found if lay not in allowed]
+            if bad:
+                return f"{name} layout {bad[0]} not in {allowed}"
         return None
+
+    def dtypes_of(self, name: str, x_dtype: str) -> tuple:
+        """The dtypes input `name` may have: x's are x_dtypes, dh_in's is x's own, the SMALL_ARGS'
+        are declared (fp32 when not), the saved activations' fp32."""
+        if name == "x":
+            return self.x_dtypes
+        if name == "dh_in":
+            return (x_dtype,)
+        return tuple(self.input_dtypes.get(name, ("fp32",)))
+
+    def layouts_of(self, name: str) -> tuple:
+        """The layouts input `name` may have (every one when it is not named in input_layouts)."""
+        return tuple(self.input_layouts.get(name, LAYOUTS))
 
     def gemm_precision_of(self, output: str, x_dtype: str) -> str:
         """The declared GEMM operand precision on the path into `output` for x of `x_dtype`."""
@@ -147,13 +186,37 @@ def _gemm_precision_problems(p) -> list:
     return problems
 
 
-def check_inputs(capabilities: Capabilities, backend_name: str, x: torch.Tensor) -> None:
-    """Helper for backends: raise UnsupportedInputError for x outside the capabilities."""
+def _input_problems(declared, names, values, required, key) -> list:
+    if not isinstance(declared, dict):
+        return [f"{key} must be a dict {{input: tuple of names}}, got {type(declared).__name__}"]
+    problems = []
+    for name, accepted in declared.items():
+        if name not in names:
+            problems.append(f"{key}: {name!r} is not one of {names}")
+        elif isinstance(accepted, str) or not all(v in values for v in accepted) or required not in accepted:
+            problems.append(f"{key}[{name!r}] must be a tuple of {values} that includes {required!r}, got {accepted!r}")
+    return problems
+
+
+def check_inputs(capabilities: Capabilities, backend_name: str, x: torch.Tensor, *others) -> None:
+    """Helper for backends: raise UnsupportedInputError for inputs outside the capabilities.
+    check_inputs(caps, name, x) checks x (device, dtype, shape); given all the arguments of the
+    call, backward's twelve or forward's five in their order, it also checks every input's dtype
+    and layout against input_dtypes/input_layouts, and gamma=None against gamma_required."""
     if x.dim() != 4:
         raise UnsupportedInputError(f"{backend_name}: x must be [B,S,n,D], got shape {tuple(x.shape)}")
     B, S, n, D = x.shape
-    reason = capabilities.refusal(device=x.device.type, x_dtype=DTYPE_NAMES.get(x.dtype, str(x.dtype)),
-                                  n=n, D=D, T=B * S)
+    names = {11: BACKWARD_ARGS, 4: FORWARD_ARGS, 0: ("x",)}.get(len(others))
+    if names is None:
+        raise TypeError(f"check_inputs takes x alone or all {len(BACKWARD_ARGS)} backward (or "
+                        f"{len(FORWARD_ARGS)} forward) arguments, got {1 + len(others)}")
+    given = dict(zip(names, (x, *others)))
+    tensors = {k: t for k, t in given.items() if isinstance(t, torch.Tensor)}
+    reason = capabilities.refusal(
+        device=x.device.type, x_dtype=DTYPE_NAMES.get(x.dtype, str(x.dtype)), n=n, D=D, T=B * S,
+        dtypes={k: DTYPE_NAMES.get(t.dtype, str(t.dtype)) for k, t in tensors.items() if k != "x"},
+        layouts={k: lay for k, t in tensors.items() if (lay := tensor_layout(t)) != ("contiguous",)},
+        gamma=given.get("gamma", x) is not None)
     if reason:
         raise UnsupportedInputError(f"{backend_name}: unsupported input: {reason}")
 

@@ -48,3 +48,43 @@ def output_specs(B: int, S: int, n: int, D: int, x_dtype: str, direction: str = 
                 "dbias": ((F,), f32), "dgamma": ((n, D), f32)}
     return {"h_in": ((B, S, D), xdt), "h_post": ((B, S, n), f32), "h_res": ((B, S, n, n), f32),
             "inv_rms": ((B, S), f32), "h_mix": ((B, S, F), f32), "h_pre": ((B, S, n), f32)}
+
+# Inputs a caller may hand over in another dtype than the SPEC's fp32, if the backend declares
+# it (Capabilities.input_dtypes): the parameters and the incoming gradients. The saved
+# activations (inv_rms, h_mix, h_pre, h_post) are fp32 outputs of the forward, and dh_in has x's dtype.
+SMALL_ARGS = ("phi", "alpha", "bias", "gamma", "dh_post", "dh_res")
+SAVED_ARGS = ("inv_rms", "h_mix", "h_pre", "h_post")
+
+# Memory layouts of an input, as the fuzzer makes them and Capabilities.input_layouts names them:
+#   contiguous  dense, row-major, 16-byte aligned
+#   offset      data pointer not 16-byte aligned (a storage offset of one element)
+#   strided     gaps between elements (padded rows; every other element of a 1-D tensor)
+#   transposed  dense, but dimensions stored in another order (the last two swapped)
+#   expanded    a stride of 0: one value seen at many indices (torch.expand)
+LAYOUTS = ("contiguous", "offset", "strided", "transposed", "expanded")
+ALIGNMENT = 16
+
+
+def layout_of(shape, stride, byte_address: int) -> tuple:
+    """The layouts (names above) a tensor of these sizes, strides and data address has; more
+    than one when it is, e.g., strided and misaligned. Dimensions of size 1 are ignored, as
+    torch's is_contiguous() does: their stride never matters."""
+    dims = [(size, st) for size, st in zip(shape, stride) if size > 1]
+    found = []
+    if any(st == 0 for _, st in dims):
+        found.append("expanded")
+    else:
+        dense, expected = True, 1
+        for size, st in reversed(dims):
+            dense, expected = dense and st == expected, expected * size
+        if not dense:
+            in_order = all(a >= b for (_, a), (_, b) in zip(dims, dims[1:]))
+            found.append("strided" if in_order else "transposed")
+    if byte_address % ALIGNMENT:
+        found.append("offset")
+    return tuple(found) or ("contiguous",)
+
+
+def tensor_layout(t: torch.Tensor) -> tuple:
+    """layout_of() a tensor, from its real data address."""
+    return layout_of(t.shape, t.stride(), t.data_ptr())

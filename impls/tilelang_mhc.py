@@ -43,7 +43,7 @@ from typing import NamedTuple
 import torch
 
 from impls.registry import Capabilities, UnsupportedInputError, check_inputs
-from impls.schema import DTYPE_NAMES, HC_EPS, X_DTYPES, mix_width
+from impls.schema import DTYPE_NAMES, HC_EPS, SMALL_ARGS, X_DTYPES, mix_width
 
 N_VALUES = (2, 4, 6, 8)          # validated on the H100 (tests/test_tilelang_backend.py); others refused
 D_MULTIPLE = 16                  # TMA needs 16-byte row strides: D*2 bytes for 16-bit x (8 would do)
@@ -647,6 +647,8 @@ CAPABILITIES = Capabilities(
     deterministic=True,
     gemm_precision="tf32",
     has_forward=False,
+    # every input is copied to contiguous, 16-byte aligned fp32 when it is not (_aligned)
+    input_dtypes={name: X_DTYPES for name in SMALL_ARGS},
     notes=("TileLang 0.1.15, sm_90a; 3 kernels: per-token scalars, column-blocked dx (TF32 MMA "
            "dh_mix @ phi) + split partials of dh_mix^T x (bf16 hi+lo MMAs for bf16 x, else TF32), "
            "fixed-order reduce; compiled once per (n, D-class, x dtype) for every T and D; "
@@ -674,7 +676,8 @@ class TileLangBackend:
         return None
 
     def backward(self, x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma):
-        check_inputs(self.capabilities, self.name, x)
+        check_inputs(self.capabilities, self.name, x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
+                     dh_in, dh_post, dh_res, gamma)
         B, S, n, D = x.shape
         op = self._ops.get((n, D))
         if op is None:

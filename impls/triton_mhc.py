@@ -42,8 +42,8 @@ Precision of the matrix products (DOT_PRECISION, env MHC_TRITON_DOT, read at imp
     exact in bf16 every product is exact and the sum runs in fp32, i.e. fp32 accuracy on
     bf16 tensor cores.
   * every fp32 x fp32 product (dx's dh_mix @ phi, dphi for fp16/fp32 x, the forward's mix):
-    "tf32x3" (default: three TF32 products, operand error ~2^-21, fp32-level; declared as
-    gemm_precision="fp32" and checked by fuzz/ against fp32 bounds), "ieee" (exact fp32 FMA,
+    "tf32x3" (default: three TF32 products, operand error ~2^-21; declared as
+    gemm_precision="tf32x3" and checked by fuzz/ against that), "ieee" (exact fp32 FMA,
     slower) or "tf32" (one TF32 product, declared as gemm_precision="tf32").
   * dx's dh_mix @ (phi*gamma) when x is bf16/fp16 (DX16_DOT_PRECISION, env MHC_TRITON_DX16_DOT):
     "tf32" by default, declared for dx:bf16 and dx:fp16 only. dx is stored in 16 bits, so
@@ -61,6 +61,7 @@ import time
 import torch
 
 from impls.golden import HC_EPS, NORM_EPS, mix_width
+from impls.schema import SMALL_ARGS
 from impls.registry import Capabilities, UnsupportedInputError, check_inputs
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -924,13 +925,12 @@ def compile_stats() -> dict:
 
 # ---------------------------------------------------------------------- registry
 def _declared_precision():
-    """GEMM operand precision per output, as the fuzzer must judge it (tf32x3 and ieee are
-    fp32-level)."""
-    if DOT_PRECISION == "tf32":
-        return "tf32"
-    if _dx_dot_precision(True) == "tf32":
-        return {"dx:bf16": "tf32", "dx:fp16": "tf32", "default": "fp32"}
-    return "fp32"
+    """GEMM operand precision per output, as the fuzzer must judge it: ieee is fp32, tf32x3
+    is its own (fuzz/precision.py: 2^-21 per operand, not fp32's 2^-24)."""
+    base = {"tf32": "tf32", "tf32x3": "tf32x3"}.get(DOT_PRECISION, "fp32")
+    if base != "tf32" and _dx_dot_precision(True) == "tf32":
+        return {"dx:bf16": "tf32", "dx:fp16": "tf32", "default": base}
+    return base
 
 
 class TritonBackend:
@@ -945,6 +945,8 @@ class TritonBackend:
         deterministic=True,      # fixed-order two-stage reductions, no atomics
         gemm_precision=_declared_precision(),
         has_forward=True,
+        # the small inputs are copied to contiguous fp32 (_small), x and dh_in keep any layout
+        input_dtypes={name: ("fp32", "bf16", "fp16") for name in SMALL_ARGS},
         notes=f"fp32 x fp32 products: {DOT_PRECISION}; dx for 16-bit x: {DX16_DOT_PRECISION}; "
               "dphi for bf16 x: exact 3-piece bf16 split"
               + ("; TRITON_INTERPRET=1" if INTERPRET else ""),
@@ -960,12 +962,13 @@ class TritonBackend:
         return None
 
     def backward(self, x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma):
-        check_inputs(self.capabilities, self.name, x)
+        check_inputs(self.capabilities, self.name, x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
+                     dh_in, dh_post, dh_res, gamma)
         return mhc_backward_triton(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
                                    dh_in, dh_post, dh_res, gamma)
 
     def forward(self, x, phi, alpha, bias, gamma=None):
-        check_inputs(self.capabilities, self.name, x)
+        check_inputs(self.capabilities, self.name, x, phi, alpha, bias, gamma)
         return mhc_forward_pre_triton_optimized(x, phi, alpha, bias, gamma)
 
     def stats(self) -> dict:

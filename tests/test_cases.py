@@ -6,21 +6,31 @@ import torch
 
 from conftest import requires_cuda
 from fuzz.cases import LAYOUTS, CaseParams, make_inputs, uniform
-from fuzz.reports import SCHEMA
+from fuzz.reports import SCHEMA, SCHEMAS
 from fuzz.truth import truth
 
 # A report stores a case's parameters, not its tensors: what it means is whatever make_inputs()
-# builds from them. These sha256 sums of two fixed cases' tensors pin the generator, per report
-# schema. Parameters added later must default to what these cases build.
+# builds from them. These sha256 sums of fixed cases' tensors pin the generator, per report
+# schema; every schema still read (fuzz.reports.SCHEMAS) must still build its cases' tensors.
+# Parameters added later must default to what these cases build.
 PINNED_CASES = {
     "defaults": CaseParams(B=2, S=3, n=4, D=33, seed=11),
     "every option": CaseParams(B=2, S=5, n=3, D=17, x_dtype="fp16", seed=7, x_scale=1.5, phi_scale=-1.0,
                                grad_scale=-2.0, gamma_scale=1.0, alpha=(0.5, -1.0, 2.0), bias_shift=4.0,
                                zero_tokens=2, outliers=3, outlier_factor=64.0),
+    # schema 2: every input's layout and dtype, and the call's context (which leaves the tensors be)
+    "every input's layout and dtype": CaseParams(
+        B=2, S=3, n=4, D=24, seed=5, layout="offset",
+        arg_layouts=(("bias", "strided"), ("dh_res", "transposed"), ("gamma", "expanded"), ("h_mix", "offset"),
+                     ("phi", "expanded")),
+        arg_dtypes=(("alpha", "fp16"), ("dh_post", "bf16"), ("phi", "bf16")), grad_mode="no_grad", calls=2),
 }
 TENSORS = ("x", "phi", "alpha", "bias", "gamma", "inv_rms", "h_mix", "h_pre", "h_post", "dh_in", "dh_post", "dh_res")
-PINNED = {1: {"defaults": "3594224fc0038f3749890c5d836270ebe812eaf0a79c90ff770cdbd00178fdf1",
-              "every option": "ae10270e2bf6009523696c6a0fe088dc60784cd8b02e2561aec1452c8972d4e1"}}
+_SCHEMA1 = {"defaults": "3594224fc0038f3749890c5d836270ebe812eaf0a79c90ff770cdbd00178fdf1",
+            "every option": "ae10270e2bf6009523696c6a0fe088dc60784cd8b02e2561aec1452c8972d4e1"}
+PINNED = {1: _SCHEMA1,
+          2: dict(_SCHEMA1, **{
+              "every input's layout and dtype": "0fb0c522e81f36e9ba3fcbb29193eebcd514e101cfb653782bf6737b4e9ecb5b"})}
 
 
 def _same(a, b):
@@ -40,11 +50,15 @@ def checksum(inp) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("which", sorted(PINNED_CASES))
-def test_same_params_same_tensors_as_when_reports_were_written(which):
+def test_every_schema_read_is_pinned():
+    assert SCHEMA == max(SCHEMAS) and set(PINNED) == set(SCHEMAS)
+
+
+@pytest.mark.parametrize("schema, which", [(s, w) for s in SCHEMAS for w in sorted(PINNED[s])])
+def test_same_params_same_tensors_as_when_reports_were_written(schema, which):
     got = checksum(make_inputs(PINNED_CASES[which], "cpu"))
-    assert got == PINNED[SCHEMA][which], (
-        f"make_inputs({which!r} case) no longer builds the tensors it built for report schema {SCHEMA}: "
+    assert got == PINNED[schema][which], (
+        f"make_inputs({which!r} case) no longer builds the tensors it built for report schema {schema}: "
         f"every stored report would now replay other data. If the change is deliberate, bump "
         f"fuzz.reports.SCHEMA (old reports are then refused, not silently reinterpreted) and pin "
         f"PINNED[{SCHEMA + 1}][{which!r}] = {got!r}; otherwise keep the generator as it was "

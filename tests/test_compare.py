@@ -223,6 +223,16 @@ def test_a_mismatch_fails_even_when_every_finite_error_is_inside():
     (65521.0, 20.0, 65504.0, True),      # straddles; 65504 is within 20 of the truth
     (-65519.0, 2.0, -math.inf, True),    # the same on the negative side
     (65519.0, 1.0, math.inf, True),      # [65518, 65520]: 65520 itself rounds to Inf
+    # the bound reaches past the other threshold too (heavy cancellation: a bound far above
+    # |truth|, as seen on a GPU: fp16 dx, truth 100923, bound 1.77e6, out -Inf): every class
+    # but NaN is a correct rounding of some value within it
+    (100923.0, 1.77e6, -math.inf, True),
+    (100923.0, 1.77e6, math.inf, True),
+    (100923.0, 1.77e6, -60000.0, True),
+    (100923.0, 1.77e6, math.nan, False),
+    (100923.0, 1.0e5, -math.inf, False),   # [923, 200923] never reaches -65520
+    (65519.0, 2.0, math.nan, False),       # NaN is no rounding of a value near the threshold
+    (-65519.0, 2.0, math.inf, False),      # nor is the Inf of the other sign
 ])
 def test_at_the_overflow_threshold_either_rounding_is_correct(truth, tol, out, passes):
     v = compare("dx", _t([out], torch.float16), _t([truth]), _t([tol]), torch.float16)

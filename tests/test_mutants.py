@@ -8,16 +8,20 @@ import pytest
 
 from conftest import ROOT
 import tests.mutants as M
+from fuzz.kinds import FailureKind
 
 
 def ci_sample() -> list:
-    """The CI's kill table: one mutant per failure kind (the first in ALL that expects it), the
-    three historical bugs and the two-bug mutant. The whole table runs under -m slow (nightly)."""
+    """The CI's kill table: one mutant per failure kind (the first in ALL that expects it and
+    runs on the CPU). The whole table, the GPU-only context mutants included, runs under -m slow
+    (nightly). The CI also fuzzes the three historical bugs in process (tests/test_fuzz_engine.py)
+    and the search past a known bug (two_bugs, tests/test_run_pipeline.py)."""
     by_kind = {}
     for cls in M.ALL:
-        if getattr(cls, "profile", None) is None:      # runs on the CPU (not the GPU's large tier)
+        # runs on the CPU: not the GPU's large tier, nor a bug that needs CUDA (a stream, a second GPU)
+        if getattr(cls, "profile", None) is None and "cpu" in cls.capabilities.devices:
             by_kind.setdefault(cls.expected, cls)
-    picked = set(by_kind.values()) | {M.Stream0Only, M.DbiasResTwice, M.DgammaNoInvRmsRes, M.TwoBugs}
+    picked = set(by_kind.values())
     return [cls for cls in M.ALL if cls in picked]
 
 
@@ -29,26 +33,34 @@ def test_ci_sample_covers_every_failure_kind():
     assert {FailureKind.CRASH, FailureKind.TIMEOUT, FailureKind.TOLERANCE} <= covered
 
 
-@pytest.mark.parametrize("scope", ["ci-sample", pytest.param("all", marks=pytest.mark.slow)])
-def test_every_mutant_is_killed_with_its_expected_kind(tmp_path, scope):
-    classes = ci_sample() if scope == "ci-sample" else M.ALL
+# a hang costs its case timeout every time Hypothesis tries a hanging case while it shrinks:
+# `hangs` runs with a short one (whatever times out is its own kind: the verdict is the same)
+CASE_TIMEOUT_S = {"hangs": 1.0}
+
+
+def _kill(classes, tmp_path) -> tuple:
     out = tmp_path / "kill.json"
+    timeout = min((CASE_TIMEOUT_S.get(c.name, 5.0) for c in classes), default=5.0) if len(classes) == 1 else 5.0
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
     # a fixed amount of work and a fixed Hypothesis seed: the verdict does not depend on the machine
     r = subprocess.run([sys.executable, "-m", "fuzz.cli", "mutants", "--device", "cpu", "--budget", "600s",
-                        "--max-cases", "400", "--hypothesis-seed", "0",
+                        "--max-cases", "400", "--hypothesis-seed", "0", "--case-timeout", str(timeout),
                         "--only", ",".join(c.name for c in classes),
                         "--reports", tmp_path / "reports", "--json", out],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
     print(r.stdout[-6000:])
-    rows = json.loads(out.read_text())["mutants"]
+    return r, json.loads(out.read_text())["mutants"]
+
+
+def _assert_killed_as_expected(classes, r, all_rows):
+    rows = all_rows
     assert {row["mutant"] for row in rows} == {cls.name for cls in classes}
     rows = [row for row in rows if not row["skipped"]]      # e.g. needs 2 GPUs: said in the table
     survived = [row["mutant"] for row in rows if not row["killed"]]
     assert not survived and r.returncode == 0, survived
     # only what cannot show on the CPU is skipped here, and the table says why
     from fuzz.check import backend_can_run
-    skipped = {row["mutant"]: row["skipped"] for row in json.loads(out.read_text())["mutants"] if row["skipped"]}
+    skipped = {row["mutant"]: row["skipped"] for row in all_rows if row["skipped"]}
     cannot_run_here = {cls.name for cls in classes if backend_can_run(getattr(M, cls.name), "cpu")}
     assert set(skipped) == cannot_run_here and all(skipped.values()), skipped
     killed = [row for row in rows if row["killed"]]
@@ -65,6 +77,32 @@ def test_every_mutant_is_killed_with_its_expected_kind(tmp_path, scope):
     # killed fast: within a few dozen cases (the seconds depend on the machine, the cases do not)
     slow = [(row["mutant"], row["cases_to_first_failure"]) for row in rows if row["cases_to_first_failure"] > 60]
     assert not slow, slow
+    return rows
+
+
+@pytest.mark.parametrize("mutant", [cls.name for cls in ci_sample()])
+def test_sampled_mutant_is_killed_with_its_expected_kind(tmp_path, mutant):
+    """One test per mutant of the CI's sample (so that they run side by side). The reports of a
+    crash and a hang replay, as the report writes them, with the kind of the run that found
+    them (a worker contains them), and so does a history-dependent one (its replay makes the
+    earlier calls first, in a fresh process); the slow table replays every report."""
+    classes = [getattr(M, mutant)]
+    r, rows = _kill(classes, tmp_path)
+    rows = _assert_killed_as_expected(classes, r, rows)
+    if rows and classes[0].expected in (FailureKind.CRASH, FailureKind.TIMEOUT, FailureKind.HISTORY_DEPENDENT):
+        from fuzz.reports import load_report
+        from verbatim import run_line
+        rep = load_report(rows[0]["report"])
+        assert rep["plugins"] == [f"tests.mutants:{mutant}"]      # only its own plugin
+        replayed = run_line(rep["replay"], tmp_path)                 # in a fresh shell at the repo root
+        assert replayed.returncode == 1 and f"FAIL ({rep['kind']})" in replayed.stdout, \
+            replayed.stdout[-3000:] + replayed.stderr
+
+
+@pytest.mark.slow
+def test_every_mutant_is_killed_with_its_expected_kind(tmp_path):
+    r, rows = _kill(M.ALL, tmp_path)
+    rows = _assert_killed_as_expected(M.ALL, r, rows)
     _replays_give_the_same_verdicts(rows, tmp_path)
 
 

@@ -35,6 +35,7 @@ def _venv_with_minimal_example(tmp_path):
     return py
 
 
+@pytest.mark.slow     # builds a venv and pip-installs the example: minutes on 2 cores
 def test_example_package_in_a_venv_is_discovered_and_onboarded_by_target(tmp_path):
     py = _venv_with_minimal_example(tmp_path)
     r = subprocess.run([py, "-m", "fuzz.cli", "backends"], capture_output=True, text=True, env=ENV, timeout=300)
@@ -74,7 +75,7 @@ def test_onboard_of_a_broken_target_fails_on_the_contract(tmp_path):
     assert r.returncode == 1 and not doc["checks"][0]["ok"] and "cannot import" in doc["checks"][0]["detail"]
 
 
-@pytest.mark.parametrize("fail", [False, True])
+@pytest.mark.parametrize("fail", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_onboard_runs_the_warm_up_first_and_shows_it(tmp_path, fail):
     r, doc = _onboard(tmp_path, "tests.warm_up_probe:backend", MHC_WARM_UP_MARK=str(tmp_path / "mark"),
                       MHC_WARM_UP_FAIL="1" if fail else "0")
@@ -149,6 +150,7 @@ def test_pytest_mhc_onboard_makes_each_check_a_test_item(tmp_path):
     assert "**FAILED**" in page and "| short fuzz | **FAIL** |" in page and "- replay: `mhc-fuzz replay" in page
 
 
+@pytest.mark.slow     # every Triton kernel under the interpreter
 def test_triton_example_onboards_on_the_cpu_under_the_interpreter(tmp_path):
     card, page = tmp_path / "card.json", tmp_path / "card.md"
     r = subprocess.run([sys.executable, "-m", "fuzz.cli", "onboard", "mhc_triton_example:backend", "--device", "cpu",

@@ -296,7 +296,7 @@ def test_report_fields(tmp_path):
         "verdicts": [v.to_dict() for v in res.verdicts], "worst_ratio": 10.0, "detected_after_s": 1.5,
         "environment": {"e": 1}, "plugins": ["pkg.mod:a", "pkg.mod:b"],
         "replay": "mhc-fuzz replay {path} --plugin pkg.mod:a --plugin pkg.mod:b", "case_timeout_s": None,
-        "expected_failure": None}
+        "history": [], "expected_failure": None}
     found = dt.datetime.fromisoformat(rep["found_at"])
     assert found.tzinfo is not None and abs(dt.datetime.now(dt.timezone.utc) - found) < dt.timedelta(minutes=5)
     path, written = write_report(rep, tmp_path)
@@ -354,8 +354,68 @@ def test_a_failed_write_leaves_the_old_report_and_no_temporary(tmp_path, monkeyp
     assert p.read_text() == before and sorted(p.parent.iterdir()) == [p]
 
 
+def _as_schema1(doc: dict):
+    """A report as schema 1 wrote it: without the fields schema 2 added."""
+    from fuzz.reports import ADDED_IN_SCHEMA
+    doc["schema"] = 1
+    for k in ADDED_IN_SCHEMA[2]["report"]:
+        doc.pop(k, None)
+    for k in ADDED_IN_SCHEMA[2]["params"]:
+        doc["params"].pop(k, None)
+
+
+def test_a_schema_1_report_loads_as_the_default_context(tmp_path):
+    """Reports written before the call's context existed still load, and mean the plain call."""
+    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
+    doc = json.loads(p.read_text())
+    _as_schema1(doc)
+    p.write_text(json.dumps(doc))
+    rep = load_report(p)
+    assert rep["schema"] == 1 and "history" not in rep
+    assert CaseParams.from_dict(rep["params"]) == _result(8).params
+    assert CaseParams.from_dict(rep["params"]).context() == {}
+
+
 @pytest.mark.parametrize("edit, problem", [
-    (lambda d: d.update(schema=2), "schema 2 is not supported (expected 1)"),
+    (lambda d: d.update(schema=3), "schema 3 is not supported (expected 1 or 2)"),
+    (lambda d: d.update(schema=True), "schema True is not supported (expected 1 or 2)"),
+    (lambda d: d.update(schema=2.0), "schema 2.0 is not supported (expected 1 or 2)"),
+    (lambda d: (_as_schema1(d), d.update(history=[])), "history: added in schema 2, but the report is schema 1"),
+    (lambda d: (_as_schema1(d), d["params"].update(calls=2, stream="default")),
+     "params.stream, params.calls: added in schema 2, but the report is schema 1"),
+    (lambda d: d.update(history={}), "history must be a list of at most 64 earlier calls"),
+    (lambda d: d.update(history=[{"backend": "bk", "params": {"B": 1, "S": 1, "n": 1, "D": 1}}] * 65),
+     "history must be a list of at most 64 earlier calls"),
+    (lambda d: d.update(history=[{"backend": "bk"}]),
+     "history[0] must be an object with exactly the keys backend and params"),
+    (lambda d: d.update(history=[{"backend": "bk", "params": {}, "x": 1}]),
+     "history[0] must be an object with exactly the keys backend and params"),
+    (lambda d: d.update(history=[{"backend": "os.system('x')", "params": {}}]),
+     "history[0]: backend must be a backend name, got \"os.system('x')\""),
+    (lambda d: d.update(history=[{"backend": "bk", "params": []}]), "history[0]: params must be an object"),
+    (lambda d: d.update(history=[{"backend": "bk", "params": {"B": 1, "S": 1, "n": 1, "D": 0}}]),
+     "history[0]: params: case parameter D must be a positive int, got 0"),
+    (lambda d: d.update(history=[{"backend": "bk", "params": {"B": 1, "S": 1, "n": 1, "D": 1, "first_call": True}}]),
+     "history[0]: params: an earlier call cannot be a first call"),
+    (lambda d: d.update(history=[{"backend": "bk", "params": {"B": 1, "S": 1, "n": 1, "D": 1}}]),
+     "history: a history-dependent report has its earlier calls, and only such a report has any "
+     "(kind tolerance, 1 earlier calls)"),
+    (lambda d: d.update(kind="history-dependent"),
+     "history: a history-dependent report has its earlier calls, and only such a report has any "
+     "(kind history-dependent, 0 earlier calls)"),
+    (lambda d: d["params"].update(grad_mode="fast"),
+     "params: grad_mode must be one of ('enabled', 'no_grad', 'inference_mode', 'autograd'), got 'fast'"),
+    (lambda d: d["params"].update(calls=True), "params: calls must be 1 or 2 and first_call a bool, got True, False"),
+    (lambda d: d["params"].update(first_call=1), "params: calls must be 1 or 2 and first_call a bool, got 1, 1"),
+    (lambda d: d["params"].update(arg_layouts={"x": "offset"}),
+     "params: arg_layouts: x cannot be 'offset' (allowed: none)"),
+    (lambda d: d["params"].update(arg_layouts={"phi": 3}),
+     "params: arg_layouts must map input names to names, got {'phi': 3}"),
+    (lambda d: d["params"].update(arg_layouts=[["phi", "offset"]]),
+     "params: arg_layouts must map input names to names, got [['phi', 'offset']]"),
+    (lambda d: d["params"].update(arg_dtypes={"h_mix": "bf16"}),
+     "params: arg_dtypes: 'h_mix': 'bf16': inputs ('phi', 'alpha', 'bias', 'gamma', 'dh_post', 'dh_res') may be "
+     "one of ('bf16', 'fp16', 'fp32')"),
     (lambda d: d.pop("replay"), "missing key 'replay'"),
     (lambda d: d.update(expected_failure="bug 3"), "expected_failure must be null or an object with a 'reason' string"),
     (lambda d: d.update(expected_failure={"why": "x"}), "expected_failure must be null or an object with a 'reason' "
@@ -406,7 +466,7 @@ def test_report_files_are_readable_stable_text(tmp_path):
     trailing newline; written into a reports folder that need not exist yet."""
     p, _ = write_report(build_report(_result(8), env={}), tmp_path / "new" / "reports")
     text = p.read_text()
-    assert text.startswith('{\n  "schema": 1,\n  "id": "') and text.endswith("\n}\n")
+    assert text.startswith('{\n  "schema": 2,\n  "id": "') and text.endswith("\n}\n")
     assert list(json.loads(text)) == list(build_report(_result(8), env={}))
 
 

@@ -65,6 +65,16 @@ def test_one_tool_that_finds_nothing_exits_0(tmp_path, fake_sanitizer):
     assert "no sanitizer" not in r.stdout
 
 
+def test_tools_named_with_commas_run_in_that_order(tmp_path, fake_sanitizer):
+    log, env = fake_sanitizer
+    r = _cli("replay", _sample(tmp_path), "--device", "cpu", "--sanitize", "synccheck,memcheck", env=env)
+    assert r.returncode == 0 and [ln.split()[0] for ln in log.read_text().splitlines()] == ["synccheck", "memcheck"], \
+        (r.stdout + r.stderr, log.read_text())
+    assert "no sanitizer" not in r.stdout
+    r = _cli("replay", _sample(tmp_path), "--sanitize", "memcheck,leakcheck")
+    assert r.returncode == 2 and "invalid choice: 'leakcheck'" in r.stderr
+
+
 def test_the_sample_is_fixed_and_inside_the_capabilities(tmp_path):
     a, b = sample_cases(tilelang.capabilities, 5), sample_cases(tilelang.capabilities, 5)
     assert a == b and len(set(a)) == 5

@@ -59,9 +59,11 @@ def test_registry_contract():
     assert DEVICE in caps.devices
     assert tm.backend.unavailable_reason() is None
     # one TF32 product only where declared: dx of 16-bit x (unless MHC_TRITON_DOT=tf32 says all)
-    if tm.DOT_PRECISION != "tf32":
-        assert caps.gemm_precision_of("dx", "fp32") == caps.gemm_precision_of("dphi", "bf16") == "fp32"
-        assert caps.gemm_precision_of("dx", "bf16") == ("tf32" if tm.DX16_DOT_PRECISION == "tf32" else "fp32")
+    # and three TF32 products are declared as such (2^-21 per operand), not as fp32
+    base = {"tf32x3": "tf32x3", "ieee": "fp32"}.get(tm.DOT_PRECISION)
+    if base:
+        assert caps.gemm_precision_of("dx", "fp32") == caps.gemm_precision_of("h_mix", "fp32") == base
+        assert caps.gemm_precision_of("dx", "bf16") == ("tf32" if tm.DX16_DOT_PRECISION == "tf32" else base)
 
 
 @pytest.mark.parametrize("params", CASES, ids=_ids)

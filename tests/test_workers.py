@@ -104,6 +104,7 @@ def _fuzz_run(tmp_path, tag, db, seed):
     return b
 
 
+@pytest.mark.slow     # the directory database test covers the replay-first path in the CI
 def test_shared_redis_database_replays_failure_first(tmp_path, redis_url):
     """Two runs in separate processes with different seeds share one Redis example database:
     the first has to search for the bug, the second replays the saved failure as its first case."""

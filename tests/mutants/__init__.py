@@ -392,8 +392,9 @@ CORRECTNESS = [Stream0Only, DbiasResTwice, DgammaNoInvRmsRes, DTailUnmasked, Las
 CONTAINMENT = [Segfaults, Hangs, WritesOutOfBounds, MutatesInput, Nondeterministic, Raises, WrongDtype,
                NanWithoutEps, AcceptsUnsupported]
 from tests.mutants.memory import MEMORY  # noqa: E402  (memory.py builds on Mutant above)
+from tests.mutants.context import CONTEXT  # noqa: E402  (context and call-history bugs)
 
-ALL = CORRECTNESS + CONTAINMENT + MEMORY
+ALL = CORRECTNESS + CONTAINMENT + MEMORY + CONTEXT
 
 for _cls in ALL:
     globals()[_cls.name] = _cls()
