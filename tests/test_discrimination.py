@@ -49,6 +49,8 @@ NAN, INF = float("nan"), float("inf")
     ([-INF, NAN], 1.0, torch.float32),            # nothing finite: both mismatch, ratio 0
     ([65520.0], 70000.0, torch.float16),          # in the overflow band, within its bound: zero passes
     ([1e6, 1.0], 1.0, torch.float16),             # rounds to Inf: zero and -Inf both mismatch
+    ([65520.0], 131100.0, torch.float16),         # rounds to Inf, but the bound reaches -65520: -Inf passes
+    ([1.0 + 2.0 ** -12], 2.0003, torch.float16),  # rounds to 1: flipped, it errs by 2.000244 < 2.0003
     ([], 1.0, torch.float32),                     # nothing to tell by
 ])
 def test_would_fail_is_what_compare_says_of_zero_and_of_the_flipped_truth(truth, tol, dtype):
@@ -69,6 +71,7 @@ def test_would_fail_is_what_compare_says_of_zero_and_of_the_flipped_truth(truth,
     ([INF, 1.0], 0.01, torch.float32, (100.0, True, True)),
     ([NAN, 0.001], 0.01, torch.float32, (0.1, True, False)),
     ([65520.0], 70000.0, torch.float16, (65520.0 / 70000.0, False, True)),
+    ([1.0 + 2.0 ** -12], 2.0003, torch.float16, ((1.0 + 2.0 ** -12) / 2.0003, False, False)),
     ([], 1.0, torch.float32, (0.0, False, False)),
 ])
 def test_would_fail_known_answers(truth, tol, dtype, expected):
