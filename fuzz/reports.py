@@ -160,10 +160,11 @@ def _remove_stale_temps(folder: Path) -> int:
     (SIGKILL, power loss). Call with the folder's lock held: a live writer only has a temporary
     file while it holds that lock, so every one found then is stale."""
     n = 0
-    for tmp in folder.glob(".*.json.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-            n += 1
+    for pattern in (".*.json.*.tmp", ".*.safetensors.*.tmp"):     # reports, and reduced cases' tensors
+        for tmp in folder.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                n += 1
     return n
 
 

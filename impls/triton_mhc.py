@@ -58,6 +58,9 @@ import inspect
 import os
 import time
 
+import contextlib
+import functools
+
 import torch
 
 from impls.golden import HC_EPS, NORM_EPS, mix_width
@@ -743,6 +746,19 @@ class _BackwardPlan:
         return self.dx, self.dphi, self.dalpha, self.dbias, self.dgamma
 
 
+def _on_the_inputs_device(launcher):
+    """Triton launches on the current CUDA device, not on its arguments' device: a call whose
+    tensors live on cuda:1 while cuda:0 is current would launch on cuda:0 and fail ("pointer
+    argument cannot be accessed"). Found by the fuzzer's placement=other cases on 2 GPUs."""
+    @functools.wraps(launcher)
+    def run(x, *args, **kwargs):
+        guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+        with guard:
+            return launcher(x, *args, **kwargs)
+    return run
+
+
+@_on_the_inputs_device
 def mhc_backward_triton(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post, dh_in, dh_post, dh_res, gamma=None):
     """Backward of docs/SPEC.md. Returns (dx, dphi, dalpha, dbias, dgamma); dx in x's dtype, the rest fp32."""
     return _BackwardPlan(x, phi, alpha, bias, inv_rms, h_mix, h_pre, h_post,
@@ -812,6 +828,7 @@ def _forward_launches(x, phi, alpha, bias, gamma):
     return outs, launches
 
 
+@_on_the_inputs_device
 def mhc_forward_pre_triton_optimized(x, phi, alpha, bias, gamma=None, outflag=True):
     """Forward of docs/SPEC.md (norm_eps = hc_eps = 1e-6).
 

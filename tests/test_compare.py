@@ -195,7 +195,7 @@ def test_worst_index_is_the_full_index_and_values_are_taken_there():
 
 def test_empty_output_passes():
     v = compare("c", torch.zeros(0, 3), torch.zeros(0, 3, dtype=F64), torch.zeros(0, 3, dtype=F64), torch.float32)
-    assert v.passed and (v.worst_index, v.worst_ratio, v.max_abs_err, v.nonfinite_mismatches) == ((), 0.0, 0.0, 0)
+    assert v.component == "c" and v.passed and (v.worst_index, v.worst_ratio, v.max_abs_err, v.nonfinite_mismatches) == ((), 0.0, 0.0, 0)
     assert v.bound_at_worst == 0.0 and math.isnan(v.out_at_worst) and math.isnan(v.truth_at_worst)
 
 
@@ -223,6 +223,7 @@ def test_a_mismatch_fails_even_when_every_finite_error_is_inside():
     (65521.0, 20.0, 65504.0, True),      # straddles; 65504 is within 20 of the truth
     (-65519.0, 2.0, -math.inf, True),    # the same on the negative side
     (65519.0, 1.0, math.inf, True),      # [65518, 65520]: 65520 itself rounds to Inf
+    (-65519.0, 1.0, -math.inf, True),    # [-65520, -65518]: -65520 rounds to -Inf
     # the bound reaches past the other threshold too (heavy cancellation: a bound far above
     # |truth|, as seen on a GPU: fp16 dx, truth 100923, bound 1.77e6, out -Inf): every class
     # but NaN is a correct rounding of some value within it
@@ -239,10 +240,20 @@ def test_at_the_overflow_threshold_either_rounding_is_correct(truth, tol, out, p
     assert v.passed is passes, v
 
 
+def test_a_nan_bound_gives_the_class_rule_no_slack():
+    """A NaN bound (a magnitude that overflowed) counts as 0 for which classes are allowed: 65519
+    then rounds to a finite fp16, and Inf is a mismatch; a bound of 1 would have reached 65520."""
+    v = compare("dx", _t([math.inf], torch.float16), _t([65519.0]), _t([math.nan]), torch.float16)
+    assert not v.passed and v.nonfinite_mismatches == 1 and v.worst_index == (0,)
+    assert compare("dx", _t([math.inf], torch.float16), _t([65519.0]), _t([1.0]), torch.float16).passed
+
+
 def test_a_truth_interval_from_the_threshold_up_is_all_inf():
     """[65520, 65522] rounds to Inf everywhere: a finite value is a NaN/Inf mismatch (and far off)."""
     v = compare("dx", _t([65504.0], torch.float16), _t([65521.0]), _t([1.0]), torch.float16)
     assert not v.passed and v.nonfinite_mismatches == 1
+    v = compare("dx", _t([-65504.0], torch.float16), _t([-65521.0]), _t([1.0]), torch.float16)
+    assert not v.passed and v.nonfinite_mismatches == 1      # [-65522, -65520]: all -Inf
 
 
 def test_contract_problems_name_output_and_expectation():

@@ -1,5 +1,7 @@
 """dgamma without gamma: the SPEC's convention is the gradient of the implicit all-ones gamma
 (golden's); a backend may declare zeros or None instead and is judged on its declaration."""
+import math
+
 import pytest
 import torch
 
@@ -24,6 +26,8 @@ class Convention:
             dgamma = torch.zeros_like(dgamma)
         elif convention_applies and self.returns == "none":
             dgamma = None
+        elif convention_applies and self.returns == "short":
+            dgamma = torch.zeros(1)
         return dx, dphi, dalpha, dbias, dgamma
 
 
@@ -56,3 +60,39 @@ def test_with_gamma_dgamma_is_the_gradient_whatever_the_declaration(declared):
 def test_unknown_convention_is_refused():
     with pytest.raises(BackendContractError, match="dgamma_without_gamma"):
         Capabilities(dgamma_without_gamma="ones")
+
+
+def _dgamma_verdict(declared, returns):
+    res = run_case(Convention(declared, returns), WITHOUT, "cpu")
+    (v,) = [v for v in res.verdicts if v.component == "dgamma"]
+    return v
+
+
+def _fields(v):
+    return (v.component, v.passed, v.max_abs_err, v.bound_at_worst, v.worst_ratio, v.worst_index,
+            v.nonfinite_mismatches, v.problem)
+
+
+def test_a_declared_none_that_returns_none_passes_with_nothing_measured():
+    assert _fields(_dgamma_verdict("none", "none")) == ("dgamma", True, 0.0, 0.0, 0.0, (), 0, "")
+
+
+@pytest.mark.parametrize("declared, returns, problem", [
+    ("none", "zeros", "dgamma: declared dgamma_without_gamma='none', but returned Tensor for a call without "
+                      "gamma, not None"),
+    ("zeros", "short", "dgamma: shape (1,), expected (2, 5)"),
+])
+def test_a_convention_broken_is_a_contract_verdict_that_says_how(declared, returns, problem):
+    v = _dgamma_verdict(declared, returns)
+    assert (v.component, v.passed, v.problem, v.worst_ratio, v.worst_index) == ("dgamma", False, problem, math.inf,
+                                                                                  ())
+
+
+def test_declared_zeros_are_held_to_a_zero_bound():
+    """The gradient where zeros were declared: every nonzero element is out of a bound of 0, and
+    the ratio is the error over float64's smallest normal (finite, so the search can climb)."""
+    v = _dgamma_verdict("zeros", "grad")
+    tiny = torch.finfo(torch.float64).tiny
+    assert not v.passed and v.bound_at_worst == 0.0 and v.truth_at_worst == 0.0 and v.problem == ""
+    assert v.worst_ratio == v.max_abs_err / tiny and math.isfinite(v.worst_ratio)
+    assert abs(v.out_at_worst) == v.max_abs_err > 0

@@ -8,7 +8,7 @@ from fuzz.cases import CaseParams
 from fuzz.check import CaseResult
 from fuzz.compare import Verdict
 from fuzz.reports import (ReportError, _locked, build_report, case_size, iter_reports, load_report,
-                          sweep_reports_dir, write_report)
+                          sweep_reports_dir, tensors_path, write_report)
 
 
 def _result(D, backend="bk", comps=("dx",)):
@@ -79,6 +79,84 @@ def test_temp_files_of_killed_writers_are_swept(tmp_path):
     assert sweep_reports_dir(tmp_path) == 2
     assert sorted(tmp_path.rglob("*.tmp")) == [] and load_report(p)["params"]["D"] == 8
     assert sweep_reports_dir(tmp_path / "absent") == 0
+
+
+def _tensors():
+    import torch
+    return {"x": torch.arange(6, dtype=torch.float32).reshape(2, 3), "gamma": None,
+            "dh_in": torch.tensor([1.5, -2.0, 0.25], dtype=torch.bfloat16)}
+
+
+def test_a_reduced_case_s_tensors_are_stored_beside_its_report_under_their_hash(tmp_path):
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file
+    path, written = write_report(build_report(_result(8), env={}), tmp_path, tensors=_tensors())
+    report = load_report(path)
+    blob = tensors_path(path, report)
+    assert written and blob.parent == path.parent
+    assert blob.name == f"{report['id']}-{hashlib.sha1(blob.read_bytes()).hexdigest()[:10]}.safetensors"
+    got, sent = load_file(blob), _tensors()
+    assert sorted(got) == ["dh_in", "x"]                      # None (no gamma) is not stored
+    assert all(got[k].dtype == sent[k].dtype and torch.equal(got[k], sent[k]) for k in got)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, blob.name])
+
+
+def test_a_tensor_write_killed_before_its_rename_leaves_a_hidden_temporary_the_sweep_removes(tmp_path):
+    """A smaller case replacing a tensor-backed report, its writer SIGKILLed just before the
+    rename of its tensors: the old report and tensors stand, the one file left beside them is a
+    hidden temporary named for the new tensors, and the sweep removes it."""
+    import os
+    import signal
+
+    import torch
+    folder = tmp_path / "bk"
+    path, _ = write_report(build_report(_result(64), env={}), tmp_path, tensors=_tensors())
+    before = sorted(folder.iterdir())
+    smaller = build_report(_result(8), env={})
+    pid = os.fork()
+    if pid == 0:                              # the child: no return into pytest from here
+        try:
+            real_replace = os.replace
+
+            def killed(src, dst, *args, **kwargs):
+                if str(dst).endswith(".safetensors"):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real_replace(src, dst, *args, **kwargs)
+            os.replace = killed
+            write_report(smaller, tmp_path, tensors={"x": torch.zeros(2, 3)})
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    (left,) = [p.name for p in folder.iterdir() if p not in before]
+    assert left.startswith(f".{smaller['id']}-") and ".safetensors." in left and left.endswith(".tmp"), left
+    assert load_report(path)["params"]["D"] == 64 and tensors_path(path, load_report(path)) in before
+    assert sweep_reports_dir(tmp_path) == 1 and sorted(folder.iterdir()) == before
+
+
+@pytest.mark.parametrize("failure", ["fsync", "rename after the temporary is gone"])
+def test_a_failed_tensor_write_raises_its_own_error_and_leaves_nothing(tmp_path, monkeypatch, failure):
+    """A full disk at the fsync, or a rename that fails after its source is gone (a retried
+    rename on a network file system): the write's OSError comes out, and no file is left."""
+    import errno
+    import os
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def gone_then_failed(src, dst, *args, **kwargs):
+        os.unlink(src)
+        no_space()
+    if failure == "fsync":
+        monkeypatch.setattr(os, "fsync", no_space)
+    else:
+        monkeypatch.setattr(os, "replace", gone_then_failed)
+    with pytest.raises(OSError) as err:
+        write_report(build_report(_result(8), env={}), tmp_path, tensors=_tensors())
+    assert err.value.errno == errno.ENOSPC
+    assert list((tmp_path / "bk").iterdir()) == []
 
 
 def test_sweep_waits_for_a_live_writer(tmp_path):

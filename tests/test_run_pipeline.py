@@ -52,7 +52,10 @@ def test_search_goes_on_past_a_known_bug_and_finds_the_rare_one(tmp_path):
     assert {"two_bugs|tolerance|dgamma", "two_bugs|tolerance|dx"} <= set(stats.findings), stats.findings
     common = stats.findings["two_bugs|tolerance|dgamma"]
     assert common.hits > 1                       # later cases with the known bug were counted
-    assert max(ex.runs.values()) <= 10, max(ex.runs.values())   # ... and the minimal case not re-run 91 times
+    # ... and no case dominates the runs (before: the minimal case re-run 91 times in 20 s, a third
+    # of them). Hypothesis reaches one case from several choice sequences while it shrinks, more
+    # often the more dimensions a case has: a few re-runs remain.
+    assert max(ex.runs.values()) <= 0.08 * sum(ex.runs.values()), (max(ex.runs.values()), sum(ex.runs.values()))
     reports = {load_report(p)["signature"]: load_report(p) for p in iter_reports(tmp_path)}
     assert set(reports) == set(stats.findings)   # one report per signature, the summary's findings
     doc = stats.to_dict()
