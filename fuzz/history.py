@@ -8,7 +8,11 @@ care such a failure is lost as flaky. HistoryTriage looks at every new failure o
 1. it reruns the case alone in a fresh worker process (ALONE_RUNS times in that process, more
    for a backend that does not declare determinism); if it fails there, it is an ordinary failure;
 2. if it passes alone, it replays the worker's recent calls (SubprocessExecutor.recent_calls)
-   and then the case in a fresh worker; if the failure comes back, it is history-dependent;
+   and then the case in fresh workers; if the failure comes back every time (HISTORY_RUNS), it
+   is history-dependent. A failure that shows on some calls only, at random, could pass all the
+   alone runs and then come back by chance: the more runs, the less likely (at one call in two:
+   2^-8 for a deterministic backend), and a nondeterministic verdict (two calls differ) is
+   random by nature and never triaged;
 3. delta debugging (ddmin) over those calls, each trial in a fresh worker, finds a small
    sequence that still makes the case fail; the report records it, and replay reruns it.
 
@@ -22,8 +26,9 @@ from fuzz.cases import CaseParams
 from fuzz.check import CaseResult
 from fuzz.kinds import FailureKind
 
-ALONE_RUNS = 3                 # runs of the case alone in one fresh process (deterministic backend)
-ALONE_RUNS_NONDETERMINISTIC = 8
+ALONE_RUNS = 6                 # runs of the case alone in one fresh process (deterministic backend)
+ALONE_RUNS_NONDETERMINISTIC = 12
+HISTORY_RUNS = 2               # fresh processes in which the history must bring the failure back
 MAX_TRIALS = 40                # fresh workers spent on minimizing one sequence
 
 
@@ -42,8 +47,9 @@ class HistoryTriage:
         minimized sequence), or None when it repeats a history-dependent failure already recorded
         (self.recorded names it). Its fresh processes end at `deadline` (time.monotonic()): a
         failure not triaged by then is kept as it was."""
-        if not res.failed or res.kind in (FailureKind.CRASH, FailureKind.TIMEOUT) or res.params.first_call:
-            return res                 # contained by the executor, or already run in a fresh process
+        if (not res.failed or res.kind in (FailureKind.CRASH, FailureKind.TIMEOUT, FailureKind.NONDETERMINISTIC)
+                or res.params.first_call):
+            return res                 # contained by the executor, random by nature, or already run fresh
         sig = res.signature()
         verdict = self.seen.get(sig)
         if verdict == "history":
@@ -63,14 +69,17 @@ class HistoryTriage:
         if last.failed or any(earlier) or not history:
             self.seen[sig] = "alone"
             return res
-        again, _ = run(history)
-        if again.status == "not-run":
-            return res
+        for _ in range(HISTORY_RUNS):
+            again, _ = run(history)
+            if again.status == "not-run":
+                return res
+            if again.signature() != sig:
+                break
         if again.signature() != sig:
             self.seen[sig] = "unreproduced"
             return dataclasses.replace(res, message=res.message + (
                 f" [passed {self.alone_runs} times alone in a fresh process; replaying the {len(history)} calls "
-                "before it in a fresh process did not reproduce it]"))
+                "before it in fresh processes did not reproduce it every time]"))
         self.seen[sig] = "history"
         trials = []
 

@@ -5,6 +5,7 @@ import pytest
 
 from conftest import ROOT
 from fuzz.cases import CaseParams
+from fuzz.check import CaseResult
 from fuzz.executor import SubprocessExecutor
 from fuzz.history import HistoryTriage, ddmin, replay_in_fresh_worker
 from fuzz.kinds import FailureKind
@@ -86,3 +87,41 @@ def test_a_failure_that_fails_alone_is_left_as_it_is(executor):
     assert res.kind == FailureKind.TOLERANCE
     triage = HistoryTriage(executor, True, {})
     assert triage.classify(res) is res and triage.seen[res.signature()] == "alone"
+
+
+class _Scripted:
+    """An executor whose fresh-process runs give scripted verdicts (no process is started)."""
+
+    def __init__(self, history, verdicts):
+        self.history, self.verdicts, self.sequences = history, list(verdicts), []
+
+    def recent_calls(self):
+        return list(self.history)
+
+    def run_sequence(self, name, params, seq, deadline=None, **options):
+        self.sequences.append(list(seq))
+        kind = self.verdicts.pop(0)
+        status = "fail" if kind else "pass"
+        return CaseResult(name, params, "cpu", status, kind), []
+
+
+def _failure(kind=FailureKind.TOLERANCE):
+    return CaseResult("b", CaseParams(1, 2, 2, 4, seed=3), "cpu", "fail", kind, message="bad")
+
+
+def test_a_nondeterministic_verdict_is_not_triaged():
+    """Two calls that differ is a random verdict: no number of alone runs can tell it from history."""
+    ex = _Scripted([("b", CaseParams(1, 1, 1, 4))], [])
+    res = _failure(FailureKind.NONDETERMINISTIC)
+    assert HistoryTriage(ex).classify(res) is res and ex.sequences == []
+
+
+def test_a_failure_that_comes_back_only_sometimes_with_its_history_is_not_history_dependent():
+    """Alone it passes every run; with its history it fails once and then passes (a random bug):
+    kept as it was, with a note, not reported as history-dependent."""
+    earlier = [("b", CaseParams(1, 1, 1, 4, seed=s)) for s in range(3)]
+    ex = _Scripted(earlier, ["", FailureKind.TOLERANCE, ""])
+    res = _failure()
+    found = HistoryTriage(ex).classify(res)
+    assert found.kind == FailureKind.TOLERANCE and "did not reproduce it every time" in found.message
+    assert [len(s) for s in ex.sequences] == [5, 3, 3]      # 6 runs alone in one process, the history twice
