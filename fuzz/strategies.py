@@ -74,10 +74,19 @@ def log_scales(lo=-4.0, hi=4.0):
 @dataclass(frozen=True)
 class ContextSpace:
     """The execution contexts a run can give its cases: CUDA streams on a GPU, the other-device
-    placement with two GPUs or more, a fresh process per case when the executor has one."""
+    placement with two GPUs or more, a fresh process per case when the executor has one, one
+    case in `fresh_one_in` or so."""
     cuda: bool = False
     gpus: int = 0
     fresh_workers: bool = False
+    fresh_one_in: int = 64
+
+
+# How rare a first call in a fresh process is: as rare as it is dear. On the CPU it costs a few
+# cases' time; on a GPU its process pays CUDA's start and loads every kernel it calls: 2.7 s
+# (golden), 3.9 s (Triton), 4.4 s (TileLang) on an H200, against 40-50 ms for a case in the
+# warm worker. One in 64 there took 11-36% of a run; one in 512 keeps it near a tenth.
+FRESH_ONE_IN = {"cpu": 64, "cuda": 512}
 
 
 def context_space(device: str, executor=None) -> ContextSpace:
@@ -87,7 +96,8 @@ def context_space(device: str, executor=None) -> ContextSpace:
     if device == "cuda":
         import torch
         gpus = torch.cuda.device_count()
-    return ContextSpace(cuda=device == "cuda", gpus=gpus, fresh_workers=hasattr(executor, "run_fresh"))
+    return ContextSpace(cuda=device == "cuda", gpus=gpus, fresh_workers=hasattr(executor, "run_fresh"),
+                        fresh_one_in=FRESH_ONE_IN["cuda" if device == "cuda" else "cpu"])
 
 
 def _rarely(values, one_in: int):
@@ -116,12 +126,12 @@ def contexts(space: ContextSpace):
     """The execution-context fields of a case (fuzz/context.py), shrinking to the default: grad
     mode not the default half the time, a repeated call one case in four and, where the run can
     give them, the side stream and the other device one case in four each (one choice), and a
-    first call in a fresh process one case in 64 or so."""
+    first call in a fresh process one case in space.fresh_one_in or so."""
     weighted = [("grad_mode", tuple((g, 3 if i == 0 else 1) for i, g in enumerate(GRAD_MODES))),
                 ("calls", ((1, 3), (2, 1))),
                 ("stream", (("default", 3), ("side", 1)) if space.cuda else (("default", 1),)),
                 ("placement", (("current", 3), ("other", 1)) if space.cuda and space.gpus >= 2 else (("current", 1),))]
-    first_call = _rarely((False, True), 64) if space.fresh_workers else st.just(False)
+    first_call = _rarely((False, True), space.fresh_one_in) if space.fresh_workers else st.just(False)
     return st.tuples(st.sampled_from(_one_choice(weighted)), first_call).map(lambda c: dict(c[0], first_call=c[1]))
 
 

@@ -220,6 +220,16 @@ def test_a_gpu_run_draws_every_context():
     drawn = _drawn(contexts(ContextSpace(cuda=True, gpus=2, fresh_workers=True)), 600)
     assert {c["stream"] for c in drawn} == {"default", "side"} and {c["placement"] for c in drawn} == {"current", "other"}
     assert 0 < sum(c["first_call"] for c in drawn) < 60         # about one case in 64
+    rare = _drawn(contexts(ContextSpace(cuda=True, gpus=1, fresh_workers=True, fresh_one_in=512)), 3000)
+    assert 0 < sum(c["first_call"] for c in rare) < 40          # about one case in 512 (a GPU's)
+    from fuzz.strategies import context_space
+
+    class WithFreshProcesses:
+        def run_fresh(self):
+            pass
+    assert context_space("cpu", executor=object()).fresh_workers is False
+    cpu = context_space("cpu", executor=WithFreshProcesses())
+    assert cpu.fresh_workers and cpu.fresh_one_in == 64 and not cpu.cuda
     layouts = _drawn(arg_layouts(golden.capabilities), 100)
     assert {lay for v in layouts for _, lay in v} == {"offset", "strided", "transposed", "expanded"}
 
@@ -249,6 +259,21 @@ def test_repeated_calls_tell_first_call_and_repeated_call_failures_apart():
     assert run_case(M.stream0_only, CaseParams(1, 2, 4, 8, seed=3, calls=2)).kind == FailureKind.TOLERANCE
     assert run_case(M.Nondeterministic(), CaseParams(1, 2, 4, 8, seed=3, calls=2)).kind in (
         FailureKind.NONDETERMINISTIC, "")         # equal by chance one time in two
+
+
+def test_a_repeated_call_is_also_the_determinism_rerun():
+    """A deterministic backend is called twice per case: calls=2's call 2 is the bitwise
+    comparison the determinism check would otherwise make with a third call. Forcing the check
+    on a backend not declared deterministic compares that same call 2."""
+    for calls in (1, 2):
+        probe = _Probe()
+        assert run_case(probe, CaseParams(1, 2, 4, 8, seed=3, calls=calls)).status == "pass"
+        assert len(probe.seen) == 2, (calls, len(probe.seen))
+    flaky = M.Nondeterministic()
+    flaky.capabilities = Capabilities(deterministic=False)      # calls differ in dphi's last bit
+    cases_ = [CaseParams(1, 2, 4, 8, seed=s, calls=2) for s in range(8)]
+    assert {run_case(flaky, p).status for p in cases_} == {"pass"}
+    assert FailureKind.NONDETERMINISTIC in {run_case(flaky, p, check_determinism=True).kind for p in cases_}
 
 
 def test_small_inputs_assumed_contiguous_is_caught():
