@@ -261,21 +261,6 @@ def test_repeated_calls_tell_first_call_and_repeated_call_failures_apart():
         FailureKind.NONDETERMINISTIC, "")         # equal by chance one time in two
 
 
-def test_a_repeated_call_is_also_the_determinism_rerun():
-    """A deterministic backend is called twice per case: calls=2's call 2 is the bitwise
-    comparison the determinism check would otherwise make with a third call. Forcing the check
-    on a backend not declared deterministic compares that same call 2."""
-    for calls in (1, 2):
-        probe = _Probe()
-        assert run_case(probe, CaseParams(1, 2, 4, 8, seed=3, calls=calls)).status == "pass"
-        assert len(probe.seen) == 2, (calls, len(probe.seen))
-    flaky = M.Nondeterministic()
-    flaky.capabilities = Capabilities(deterministic=False)      # calls differ in dphi's last bit
-    cases_ = [CaseParams(1, 2, 4, 8, seed=s, calls=2) for s in range(8)]
-    assert {run_case(flaky, p).status for p in cases_} == {"pass"}
-    assert FailureKind.NONDETERMINISTIC in {run_case(flaky, p, check_determinism=True).kind for p in cases_}
-
-
 def test_small_inputs_assumed_contiguous_is_caught():
     p = CaseParams(1, 2, 4, 8, seed=3, arg_layouts=(("phi", "transposed"),))
     assert run_case(M.small_inputs_assumed_contiguous, p).kind == FailureKind.TOLERANCE
