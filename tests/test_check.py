@@ -337,3 +337,103 @@ def test_a_repeated_call_is_also_the_determinism_rerun():
     cases = [CaseParams(1, 2, 4, 8, seed=s, calls=2) for s in range(8)]
     assert {run_case(flaky, p).status for p in cases} == {"pass"}
     assert FailureKind.NONDETERMINISTIC in {run_case(flaky, p, check_determinism=True).kind for p in cases}
+
+
+class _Forward(GoldenBackend):
+    """Golden whose forward leaves h_mix unwritten ("unwritten"), adds uninitialised scratch to it
+    ("scratch"), or raises ("raises"); it counts its forward calls."""
+    name = "forward_probe"
+
+    def __init__(self, bug: str):
+        self.bug, self.forward_calls = bug, 0
+
+    def forward(self, *args):
+        self.forward_calls += 1
+        if self.bug == "raises":
+            raise RuntimeError("forward broke")
+        out = list(super().forward(*args))
+        h_mix = out[4]
+        out[4] = torch.empty_like(h_mix) if self.bug == "unwritten" else h_mix + torch.empty_like(h_mix)
+        return tuple(out)
+
+
+def test_the_forward_runs_once_on_the_nan_fill_and_its_unwritten_outputs_are_their_own_kind():
+    from fuzz import poison
+    from impls.schema import FORWARD_OUTPUTS
+    assert FORWARD_OUTPUTS[4] == "h_mix"
+    p = CaseParams(1, 2, 2, 4, seed=5)
+    first, second = poison.nan_word("cpu"), poison.second_word("cpu")
+    numel = 1 * 2 * (2 * 2 + 2 * 2)          # h_mix: (B, S, 2n + n^2)
+    b = _Forward("unwritten")
+    res = run_case(b, p)
+    assert res.kind == FailureKind.UNWRITTEN and b.forward_calls == 2      # the call, and the rerun on the second fill
+    assert res.message == (f"output elements never written (they hold the memory fill: {first:#010x}, then "
+                           f"{second:#010x} on a rerun): h_mix: {numel} of {numel} elements, first at [0, 0, 0]")
+    b = _Forward("scratch")
+    res = run_case(b, p)
+    assert res.kind == FailureKind.UNINITIALIZED and b.forward_calls == 2
+    assert res.message.startswith(f"outputs computed from memory nobody wrote (NaN on a NaN fill, other values "
+                                  f"on a {second:#010x} fill): h_mix: ")
+    b = _Forward("unwritten")
+    assert run_case(b, p, check_forward=False).status == "pass" and b.forward_calls == 0
+    b = _Forward("raises")
+    res = run_case(b, p)
+    assert res.kind == FailureKind.EXCEPTION and res.message == "forward raised RuntimeError: forward broke"
+    assert b.forward_calls == 1                                            # not called again to be judged
+
+
+def test_a_correct_forward_is_called_once_and_judged(monkeypatch):
+    from impls.schema import BACKWARD_OUTPUTS, FORWARD_OUTPUTS
+    p = CaseParams(1, 2, 2, 4, seed=5)
+    for fill in ("on", "off"):
+        monkeypatch.setenv("MHC_FUZZ_POISON", fill)
+        b = _Forward("none")
+        b.forward = lambda *a, _b=b: (setattr(_b, "forward_calls", _b.forward_calls + 1),
+                                      GoldenBackend.forward(_b, *a))[1]
+        res = run_case(b, p)
+        assert res.status == "pass" and b.forward_calls == 1, fill
+        assert [v.component for v in res.verdicts] == list(BACKWARD_OUTPUTS + FORWARD_OUTPUTS), fill
+
+
+class _CallTwoWrong(GoldenBackend):
+    """Golden whose call 2 (and later) doubles dx, or raises, or returns another count of tensors."""
+    name = "call_two"
+
+    def __init__(self, how: str, deterministic: bool = True):
+        self.how, self.calls = how, 0
+        self.capabilities = Capabilities(deterministic=deterministic)
+
+    def backward(self, *args):
+        self.calls += 1
+        out = list(super().backward(*args))
+        if self.calls == 1:
+            return tuple(out)
+        if self.how == "raises":
+            raise RuntimeError("no second time")
+        if self.how == "short":
+            return tuple(out[:4])
+        out[0] = out[0] * 2
+        return tuple(out)
+
+
+def test_repeated_call_verdicts_and_messages():
+    p = CaseParams(1, 2, 4, 8, seed=3, calls=2)
+    res = run_case(_CallTwoWrong("raises"), p)
+    assert (res.kind, res.message) == (FailureKind.EXCEPTION, "call 2 on the same inputs raised RuntimeError: no second time")
+    res = run_case(_CallTwoWrong("double"), p)
+    assert res.kind == FailureKind.REPEATED_CALL and res.failing_components() == ["dx"]
+    assert res.message.startswith("call 1 within bounds, call 2 on the same inputs out of them: dx: worst error/bound ")
+    res = run_case(_CallTwoWrong("double", deterministic=False), p)
+    assert res.kind == FailureKind.TOLERANCE and res.failing_components() == ["dx"]
+    assert res.message.startswith("call 1 within bounds, call 2 on the same inputs out of them: dx: ")
+    res = run_case(_CallTwoWrong("short"), p)      # call 2 returns 4 tensors: judged (a contract problem)
+    assert res.kind == FailureKind.REPEATED_CALL and res.message.endswith("backward returned 4, expected 5 tensors")
+    ok = run_case(GoldenBackend(), p)
+    assert ok.status == "pass" and len(ok.verdicts) == 11
+    from tests.mutants.context import FirstCallWrong
+    wrong_once = run_case(FirstCallWrong(), p)
+    assert wrong_once.kind == FailureKind.FIRST_CALL and wrong_once.failing_components() == ["dx"]
+    assert wrong_once.message.startswith("call 1 out of bounds, call 2 on the same inputs within them: dx: worst ")
+    flaky = M.Nondeterministic()
+    msgs = {run_case(flaky, CaseParams(1, 2, 4, 8, seed=s, calls=2)).message for s in range(8)}
+    assert "declared deterministic, but calls 1 and 2 differ bitwise in dphi" in msgs

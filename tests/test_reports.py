@@ -7,6 +7,7 @@ import pytest
 from fuzz.cases import CaseParams
 from fuzz.check import CaseResult
 from fuzz.compare import Verdict
+from fuzz.kinds import FailureKind
 from fuzz.reports import (ReportError, _locked, build_report, case_size, iter_reports, load_report,
                           sweep_reports_dir, tensors_path, write_report)
 
@@ -424,6 +425,29 @@ def test_a_schema_1_report_loads_as_the_default_context(tmp_path):
                                                          "'reason' string"),
     (lambda d: d["params"].update(x_dtype="int4"), "params: x_dtype must be bf16, fp16 or fp32, got 'int4'"),
     (lambda d: d["params"].update(colour=1), "params: unknown case parameter(s): ['colour']"),
+    (lambda d: d.update(id=3), "id must be a string"),
+    (lambda d: d.update(signature=None), "signature must be a string"),
+    (lambda d: d.update(replay=["mhc-fuzz"]), "replay must be a string"),
+    (lambda d: d.update(backend="os.system('x')"), "backend must be a backend name, got \"os.system('x')\""),
+    (lambda d: d.update(backend="b" * 101), f"backend must be a backend name, got '{'b' * 56}..."),
+    (lambda d: d.update(kind="wrong"), "kind 'wrong' is not a failure kind (" + ", ".join(k.value for k in FailureKind) + ")"),
+    (lambda d: d.update(device="tpu"), "device must be cpu or cuda, got 'tpu'"),
+    (lambda d: d.update(params=[1]), "params must be an object"),
+    (lambda d: d["params"].update({f"unknown_parameter_{i}": i for i in range(20)}),
+     "params: " + ("unknown case parameter(s): " + str(sorted(f"unknown_parameter_{i}" for i in range(20))))[:200]),
+    (lambda d: d.update(plugins="tests.mutants:x"), "plugins must be a list of module:attr names"),
+    (lambda d: d.update(plugins=["os.system('x')"]), "plugins must be a list of module:attr names"),
+    (lambda d: d.update(plugins=["a.b:c"] * 65), "plugins must be a list of module:attr names"),
+    (lambda d: d.update(case_timeout_s=0), "case_timeout_s must be null or a number of seconds up to a day"),
+    (lambda d: d.update(case_timeout_s=-5), "case_timeout_s must be null or a number of seconds up to a day"),
+    (lambda d: d.update(case_timeout_s=24 * 3600 + 1), "case_timeout_s must be null or a number of seconds up to a day"),
+    (lambda d: d.update(case_timeout_s=True), "case_timeout_s must be null or a number of seconds up to a day"),
+    (lambda d: d.update(case_timeout_s="60"), "case_timeout_s must be null or a number of seconds up to a day"),
+    (lambda d: d.update(tensors=7), "tensors must be the name of a .safetensors file beside the report"),
+    (lambda d: d.update(tensors="../up.safetensors"), "tensors must be the name of a .safetensors file beside the report"),
+    (lambda d: d.update(tensors="t.pt"), "tensors must be the name of a .safetensors file beside the report"),
+    (lambda d: d.update(tensors="gone.safetensors"),
+     "its tensors file gone.safetensors is missing (it is stored beside the report)"),
 ])
 def test_report_problems_are_one_exact_line(tmp_path, edit, problem):
     p, _ = write_report(build_report(_result(8), env={}), tmp_path)
@@ -433,6 +457,46 @@ def test_report_problems_are_one_exact_line(tmp_path, edit, problem):
     with pytest.raises(ReportError) as err:
         load_report(p)
     assert str(err.value) == f"{p}: {problem}"
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: d.update(device="cuda"),
+    lambda d: d.update(plugins=["a.b:c"] * 64),
+    lambda d: d.update(plugins=None),
+    lambda d: d.update(case_timeout_s=0.5),
+    lambda d: d.update(case_timeout_s=1),
+    lambda d: d.update(case_timeout_s=24 * 3600),
+    lambda d: d.update(case_timeout_s=None),
+    lambda d: d.update(expected_failure={"reason": "bug 3"}),
+    lambda d: d.update(backend="my-kernel.v2"),
+])
+def test_reports_at_the_edge_of_each_rule_load(tmp_path, edit):
+    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
+    doc = json.loads(p.read_text())
+    edit(doc)
+    p.write_text(json.dumps(doc))
+    assert load_report(p) == doc
+
+
+def test_a_report_whose_tensors_are_beside_it_loads(tmp_path):
+    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
+    doc = dict(json.loads(p.read_text()), tensors="case-1.safetensors")
+    (p.parent / "case-1.safetensors").write_bytes(b"")
+    p.write_text(json.dumps(doc))
+    assert load_report(p)["tensors"] == "case-1.safetensors"
+
+
+def test_json_python_cannot_convert_is_one_line_naming_the_file(tmp_path):
+    f = tmp_path / "r.json"
+    f.write_text('{"schema": ' + "9" * 5000 + "}")
+    with pytest.raises(ReportError) as err:
+        load_report(f)
+    try:
+        int("9" * 5000)
+        pytest.skip("this Python converts integers of any length")
+    except ValueError as exc:
+        why = str(exc).splitlines()[0][:120]
+    assert str(err.value) == f"{f}: not valid JSON: {why}" and len(why) == 120
 
 
 def test_unreadable_and_non_json_reports(tmp_path):
