@@ -233,3 +233,44 @@ def test_a_case_too_big_for_the_device_is_named_before_anything_is_allocated():
     why = too_big(p, "cpu", available=64 << 30)
     assert why.startswith("case B=4096 S=4096 n=4 D=8192 needs about") and "64 GiB of available memory" in why
     assert too_big(CaseParams(1, 16, 4, 64), "cpu", available=64 << 30) is None
+
+
+def test_each_layout_is_the_memory_it_names():
+    from fuzz.cases import _layout, _layout_made
+    t = torch.arange(24, dtype=torch.bfloat16).reshape(2, 3, 4)
+    v = torch.arange(5, dtype=torch.float16)
+    for lay in ("contiguous", "offset", "strided", "transposed", "expanded"):
+        for src in (t, v) if lay != "transposed" else (t,):      # (a vector has no two dimensions to swap)
+            out = _layout(src.clone(), lay)
+            assert out.dtype == src.dtype and out.device == src.device and out.shape == src.shape, lay
+    assert _layout(t, "contiguous").stride() == (12, 4, 1)
+    off = _layout(t, "offset")
+    assert off.storage_offset() == 1 and torch.equal(off, t)
+    assert _layout(v, "strided").stride() == (2,) and torch.equal(_layout(v, "strided"), v)   # every other element
+    padded = _layout(t, "strided")
+    assert padded.stride() == (21, 7, 1) and torch.equal(padded, t)                        # rows padded by 3
+    assert _layout(t, "transposed").stride() == (12, 1, 3) and torch.equal(_layout(t, "transposed"), t)
+    same = t.narrow(0, 0, 1).expand(t.shape).contiguous()
+    assert _layout(same, "expanded").stride() == (0, 4, 1) and torch.equal(_layout(same, "expanded"), same)
+    rows = torch.arange(3.0).reshape(1, 3).expand(4, 3).contiguous().reshape(1, 4, 3)   # first dim 1: the next repeats
+    assert _layout(rows, "expanded").stride() == (12, 0, 1)
+    assert _layout(torch.tensor(2.0), "expanded").shape == ()
+    with pytest.raises(ValueError, match="^unknown layout 'diagonal'$"):
+        _layout(t, "diagonal")
+    # the names the capability queries see: an fp16 phi one element off is not 16-byte aligned,
+    # an fp32 one is off by 4 bytes; x follows x_dtype
+    p = CaseParams(1, 2, 4, 8, x_dtype="fp16", arg_dtypes=(("phi", "fp16"),))
+    from impls.schema import layout_of
+    assert _layout_made("phi", "offset", p) == layout_of((2 * 4 + 4 * 4, 32), (32, 1), 2)
+    assert _layout_made("phi", "offset", CaseParams(1, 2, 4, 8)) == layout_of((24, 32), (32, 1), 4)
+    assert _layout_made("x", "offset", p) == layout_of((1, 2, 4, 8), (64, 32, 8, 1), 2)
+
+
+def test_picked_indices_are_inside_and_none_for_nothing():
+    from fuzz.cases import _pick
+    for count, high in ((0, 5), (3, 0), (-1, 5), (3, -2)):
+        idx = _pick(1, "outliers", count, high, "cpu")
+        assert idx.dtype == torch.int64 and idx.shape == (0,), (count, high)
+    idx = _pick(1, "outliers", 4000, 3, "cpu")
+    assert idx.dtype == torch.int64 and set(idx.tolist()) == {0, 1, 2}
+    assert torch.equal(_pick(1, "outliers", 1, 1, "cpu"), torch.zeros(1, dtype=torch.int64))
