@@ -282,8 +282,12 @@ def test_results_round_trip_through_json():
     assert back.verdicts == [Verdict.from_dict(v.to_dict()) for v in res.verdicts] and back.seconds == d["seconds"]
     assert back.backend_stats == {"compiles": 2}
     minimal = CaseResult.from_dict({"backend": "b", "params": P.to_dict(), "device": "cpu", "status": "pass"})
-    assert (minimal.kind, minimal.verdicts, minimal.message, minimal.seconds, minimal.backend_stats) == \
-        ("", [], "", 0.0, {})
+    assert (minimal.kind, minimal.verdicts, minimal.message, minimal.seconds, minimal.backend_stats,
+            minimal.history) == ("", [], "", 0.0, {}, [])
+    earlier = [{"backend": "b", "params": CaseParams(1, 1, 1, 2).to_dict()}]
+    res.history = earlier
+    assert res.to_dict()["history"] == earlier
+    assert CaseResult.from_dict(json.loads(json.dumps(res.to_dict()))).history == earlier
 
 
 def test_worst_ratio_and_failing_components_of_a_result():
@@ -447,3 +451,66 @@ def test_without_the_fill_a_raising_forward_is_an_exception(monkeypatch):
     res = run_case(b, CaseParams(1, 2, 2, 4, seed=5))
     assert (res.kind, res.message, b.forward_calls) == (FailureKind.EXCEPTION,
                                                         "forward raised RuntimeError: forward broke", 1)
+
+
+def test_bitwise_differences_name_each_output_that_differs_or_is_missing_on_one_side():
+    from fuzz.check import _bitwise_differences
+    a = [torch.ones(2), torch.zeros(3), None, torch.ones(1), None]
+    assert _bitwise_differences(a, [t.clone() if t is not None else None for t in a]) == []
+    b = [torch.ones(2), torch.zeros(3), torch.ones(1), None, None]
+    assert _bitwise_differences(a, b) == ["dalpha", "dbias"]
+    c = [torch.ones(2), torch.full((3,), -0.0), None, torch.ones(1) * 2, None]
+    assert _bitwise_differences(a, c) == ["dbias"]          # (torch.equal takes -0.0 for 0.0)
+
+
+def test_fresh_arguments_are_the_original_values_in_the_same_tensors():
+    from fuzz.cases import make_inputs
+    from fuzz.check import _clone, _fresh, _mutated
+    inp = make_inputs(CaseParams(1, 2, 2, 4, seed=9))
+    before = _clone(inp)
+    inp.x.mul_(2)
+    inp.dh_res.zero_()
+    assert _mutated(inp, before) == ["x", "dh_res"]
+    ids = [id(getattr(inp, k)) for k in inp.BACKWARD_ARGS]
+    args = _fresh(inp, before)
+    assert [id(t) for t in args] == ids                      # the same tensors (layouts kept), restored
+    assert all(t is None or torch.equal(t, before[k]) for k, t in zip(inp.BACKWARD_ARGS, args))
+    assert _mutated(inp, before) == []
+    inp.dh_in[0, 0, 0] = float("nan")                       # NaN where it was NaN is unchanged
+    before = _clone(inp)
+    assert _mutated(inp, before) == []
+
+
+class _RaisesDeep(GoldenBackend):
+    name = "raises_deep"
+
+    def backward(self, *args, depth=12):
+        if depth:
+            return self.backward(*args, depth=depth - 1)
+        raise RuntimeError("deep down")
+
+
+def test_an_exception_s_traceback_is_cut_to_six_frames():
+    res = run_case(_RaisesDeep(), CaseParams(1, 1, 1, 2))
+    assert res.kind == FailureKind.EXCEPTION and res.message.startswith("raised RuntimeError: deep down\n")
+    assert res.message.count('  File "') == 6
+
+
+def test_contract_problem_of_one_output_leaves_the_others_judged():
+    class WrongDtype(GoldenBackend):
+        name = "wrong_dtype"
+
+        def backward(self, *args):
+            out = list(super().backward(*args))
+            out[1] = out[1].double()
+            return tuple(out)
+    res = run_case(WrongDtype(), CaseParams(1, 2, 2, 4, seed=1))
+    assert res.kind == FailureKind.CONTRACT and res.failing_components() == ["dphi"]
+    assert [v.component for v in res.verdicts] == ["dx", "dphi", "dalpha", "dbias", "dgamma"]
+
+
+def test_run_inputs_defaults_to_the_cpu_and_judges_the_forward():
+    from fuzz.cases import make_inputs
+    from fuzz.check import run_inputs
+    res = run_inputs(GoldenBackend(), make_inputs(CaseParams(1, 2, 2, 4, seed=2)))
+    assert res.status == "pass" and res.device == "cpu" and len(res.verdicts) == 11

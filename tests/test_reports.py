@@ -574,3 +574,87 @@ def test_environment_names_the_gpu_of_cuda_runs_only(monkeypatch):
     assert env["gpu"] == "Test GPU 80GB" and env["cuda"] == "12.8"
     assert env["tilelang"] is None
     assert not {"gpu", "cuda"} & set(environment("cpu"))
+
+
+def test_short_keeps_sixty_characters_and_cuts_longer_ones_to_sixty():
+    from fuzz.reports import _short
+    assert _short("x" * 58) == "'" + "x" * 58 + "'"                 # repr of 60 characters
+    assert _short("x" * 59) == "'" + "x" * 56 + "..."               # 61: cut to 57 and "..."
+    assert len(_short("x" * 500)) == 60
+
+
+@pytest.mark.parametrize("name, ok", [("a", True), ("b" * 100, True), ("my-kernel.v2", True), ("x_1-2.y", True),
+                                      ("", False), ("b" * 101, False), ("a b", False), ("a/b", False)])
+def test_backend_names_a_report_may_hold(tmp_path, name, ok):
+    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
+    doc = dict(json.loads(p.read_text()), backend=name)
+    p.write_text(json.dumps(doc))
+    if ok:
+        assert load_report(p)["backend"] == name
+    else:
+        with pytest.raises(ReportError, match="backend must be a backend name"):
+            load_report(p)
+
+
+def test_a_report_file_may_be_up_to_its_size_limit(tmp_path):
+    from fuzz.reports import MAX_REPORT_BYTES
+    f = tmp_path / "r.json"
+    f.write_text(" " * (MAX_REPORT_BYTES - 2) + "{}")                # exactly the limit: read whole
+    with pytest.raises(ReportError) as err:
+        load_report(f)
+    assert str(err.value) == f"{f}: missing key 'schema'"
+    f.write_text(" " * (MAX_REPORT_BYTES - 1) + "{}")                # one byte more
+    with pytest.raises(ReportError) as err:
+        load_report(f)
+    assert str(err.value) == f"{f}: more than {MAX_REPORT_BYTES >> 20} MiB: not a report"
+
+
+def test_a_timeout_report_keeps_its_timeout_to_a_tenth_and_its_history():
+    res = _result(8)
+    res.kind, res.seconds = FailureKind.TIMEOUT, 3.14159
+    res.history = [{"backend": "bk", "params": CaseParams(1, 1, 1, 2).to_dict()}]
+    rep = build_report(res, env={})
+    assert rep["case_timeout_s"] == 3.1 and rep["history"] == res.history and rep["history"][0] is not res.history[0]
+    assert build_report(_result(8), env={})["case_timeout_s"] is None
+
+
+def test_every_departure_from_the_defaults_adds_to_the_size():
+    base = case_size(CaseParams(1, 2, 2, 4))
+    more = case_size(CaseParams(1, 2, 2, 4, arg_layouts=(("phi", "offset"), ("bias", "strided")),
+                                arg_dtypes=(("phi", "bf16"),), calls=2, grad_mode="no_grad"))
+    assert more[:4] == base[:4] and more[4] == base[4] + 5
+
+
+def test_environment_names_the_loaded_module_s_own_version(monkeypatch):
+    import sys
+    import types
+    from fuzz.reports import environment
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__="9.9-loaded"))
+    monkeypatch.setitem(sys.modules, "tilelang", types.SimpleNamespace())      # no __version__
+    env = environment("cpu")
+    assert env["triton"] == "9.9-loaded" and env["tilelang"] is None
+
+
+def test_plugins_providing_keeps_what_may_have_provided_the_backend():
+    import tests.mutants as mutants
+    from fuzz.reports import plugins_providing, replay_command
+    nested = "tests.mutants:stream0_only.capabilities"            # an object without a name: kept
+    got = plugins_providing("stream0_only", ["tests.mutants:stream0_only", "tests.mutants:raises",
+                                             "tests.mutants:no_such_thing", "tests.mutants:ALL", nested,
+                                             "not.imported.module:x", "tests.mutants:stream0_only"])
+    assert got == ["tests.mutants:stream0_only", "tests.mutants:no_such_thing", "tests.mutants:ALL", nested,
+                   "not.imported.module:x"]
+    assert mutants.raises.name == "raises"
+    assert replay_command("r.json", ["a.b:c"]) == "mhc-fuzz replay r.json --plugin a.b:c"
+
+
+def test_a_replacing_report_that_shares_the_tensors_file_keeps_it(tmp_path):
+    big = _result(8)
+    big.params = CaseParams(1, 2, 2, 8, seed=1, calls=2)
+    small = _result(8)
+    small.params = CaseParams(1, 2, 2, 8, seed=1)
+    t = _tensors()
+    p, _ = write_report(build_report(big, env={}), tmp_path, tensors=t)
+    first = load_report(p)["tensors"]
+    p2, written = write_report(build_report(small, env={}), tmp_path, tensors=t)
+    assert written and p2 == p and load_report(p)["tensors"] == first and (p.parent / first).is_file()
