@@ -274,3 +274,72 @@ def test_picked_indices_are_inside_and_none_for_nothing():
     idx = _pick(1, "outliers", 4000, 3, "cpu")
     assert idx.dtype == torch.int64 and set(idx.tolist()) == {0, 1, 2}
     assert torch.equal(_pick(1, "outliers", 1, 1, "cpu"), torch.zeros(1, dtype=torch.int64))
+
+
+def test_each_range_rule_admits_its_edge_and_refuses_past_it():
+    from fuzz.cases import MAX_D, MAX_ELEMENTS, MAX_LOG_SCALE, MAX_N, MAX_TOKENS_PER_DIM
+    ok = [dict(B=MAX_TOKENS_PER_DIM, S=1, n=1, D=1), dict(B=1, S=MAX_TOKENS_PER_DIM, n=1, D=1),
+          dict(B=1, S=1, n=MAX_N, D=1), dict(B=1, S=1, n=1, D=MAX_D),
+          dict(B=1, S=MAX_ELEMENTS // (4 * MAX_D), n=4, D=MAX_D),
+          dict(B=1, S=1, n=1, D=1, x_scale=MAX_LOG_SCALE), dict(B=1, S=1, n=1, D=1, bias_shift=-1e6),
+          dict(B=1, S=1, n=1, D=1, outlier_factor=1e6), dict(B=1, S=1, n=1, D=1, alpha=(1e6, -1e6, 0))]
+    for fields in ok:
+        CaseParams(**fields).validated()
+    too_many = MAX_ELEMENTS // (4 * MAX_D) + 1
+    bad = [(dict(B=MAX_TOKENS_PER_DIM + 1, S=1, n=1, D=1), f"case parameter B={MAX_TOKENS_PER_DIM + 1} is larger than "),
+           (dict(B=1, S=too_many, n=4, D=MAX_D),
+            f"case of B*S*n*D = {too_many * 4 * MAX_D} elements: more than {MAX_ELEMENTS}"),
+           (dict(B=1, S=1, n=1, D=1, bias_shift=1e6 + 0.5), "case parameter bias_shift must be a number within +-1e+06, got 1000000.5"),
+           (dict(B=1, S=1, n=1, D=1, outlier_factor=1e6 + 0.5), "case parameter outlier_factor must be a number within"),
+           (dict(B=1, S=1, n=1, D=1, x_scale=True), "case parameter x_scale must be a number within"),
+           (dict(B=1, S=1, n=1, D=1, alpha=(True, 1.0, 1.0)), "alpha must be 3 numbers within +-1e6, got (True, 1.0, 1.0)"),
+           (dict(B=1, S=1, n=1, D=1, alpha=(1.0, 1e6 + 0.5, 1.0)), "alpha must be 3 numbers within +-1e6")]
+    for fields, message in bad:
+        with pytest.raises(ValueError) as err:
+            CaseParams(**fields).validated()
+        assert str(err.value).startswith(message), (fields, str(err.value))
+
+
+def test_expanded_inputs_repeat_along_their_outermost_dimension_longer_than_one():
+    from fuzz.cases import _expand_dim
+    assert [_expand_dim(torch.zeros(s)) for s in ((2, 3), (1, 2, 3), (1, 1, 3), (1, 1), ())] == [0, 1, 2, 0, 0]
+
+
+def test_rounding_to_a_narrow_dtype_clamps_into_its_range_and_fp32_is_not_clamped():
+    from fuzz.cases import _rounded
+    big = torch.tensor([1e300, -1e300, 1.5], dtype=torch.float64)
+    for dt in (torch.bfloat16, torch.float16):
+        m = torch.finfo(dt).max
+        assert torch.equal(_rounded(big, dt), torch.tensor([m, -m, 1.5], dtype=dt))
+    assert torch.equal(_rounded(big, torch.float32), torch.tensor([float("inf"), -float("inf"), 1.5]))
+
+
+def test_a_long_malformed_mapping_is_cut_to_two_hundred_characters():
+    with pytest.raises(ValueError) as err:
+        CaseParams.from_dict(dict(CaseParams(1, 1, 1, 2).to_dict(), arg_layouts=[["phi", "x" * 300]]))
+    assert len(str(err.value)) == 200 and str(err.value).startswith("arg_layouts must map input names to names, got ")
+
+
+def test_context_lists_only_the_fields_off_their_defaults():
+    assert CaseParams(1, 1, 1, 2).context() == {}
+    assert CaseParams(1, 1, 1, 2, grad_mode="no_grad", calls=2, first_call=True).context() == \
+        {"grad_mode": "no_grad", "calls": 2, "first_call": True}
+
+
+def test_capability_queries_name_dtypes_layouts_and_gamma():
+    p = CaseParams(1, 2, 4, 8, use_gamma=False, arg_dtypes=(("phi", "bf16"),), layout="offset",
+                   arg_layouts=(("bias", "strided"),))
+    q = p.capability_query("cpu")
+    assert (q["device"], q["x_dtype"], q["n"], q["D"], q["T"], q["dtypes"], q["gamma"]) == \
+        ("cpu", "bf16", 4, 8, 2, {"phi": "bf16"}, False)
+    assert set(q["layouts"]) == {"x", "dh_in", "bias"} and all(v != ("contiguous",) for v in q["layouts"].values())
+    assert CaseParams(1, 2, 4, 8).capability_query("cpu")["layouts"] == {}
+
+
+def test_values_past_two_to_the_thirty_two_have_their_own_stream():
+    from fuzz.cases import uniform
+    low = uniform(3, "x", (4,), "cpu", start=0)
+    high = uniform(3, "x", (4,), "cpu", start=1 << 32)
+    assert not torch.equal(low, high)
+    # pinned: a change here changes every large-tier report's tensors
+    assert high.tolist() == [0.21526074409484863, 0.9579895734786987, 0.06370294094085693, 0.7901060581207275]
