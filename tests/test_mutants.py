@@ -42,9 +42,9 @@ def _kill(classes, tmp_path) -> tuple:
     out = tmp_path / "kill.json"
     one = len(classes) == 1
     timeout = min((CASE_TIMEOUT_S.get(c.name, 5.0) for c in classes), default=5.0) if one else 5.0
-    # the CI's sample shrinks each kill for 10 s (a hang or a crash pays a timeout or a new
+    # the CI's sample shrinks each kill for 3 s (a hang or a crash pays a timeout or a new
     # worker per step); the whole table keeps the default. The verdicts do not depend on it.
-    shrink = ["--shrink-budget", "10s"] if one else []
+    shrink = ["--shrink-budget", "3s"] if one else []
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
     # a fixed amount of work and a fixed Hypothesis seed: the verdict does not depend on the machine
     r = subprocess.run([sys.executable, "-m", "fuzz.cli", "mutants", "--device", "cpu", "--budget", "600s",
