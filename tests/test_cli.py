@@ -45,7 +45,7 @@ def test_run_finds_mutant_then_replay_fails_until_fixed(tmp_path):
     # a fixed amount of work (the bug shows within a few dozen cases), not a time
     r = cli("run", "--backend", "stream0_only", "--plugin", "tests.mutants:stream0_only", "--budget", "600s",
             "--max-cases", "200", "--profile", "ci", "--out", tmp_path / "out",
-            "--reports", reports, "--db", "none", "--stop-on-first-failure")
+            "--reports", reports, "--db", "none", "--stop-on-first-failure", "--shrink-budget", "5s")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "FAIL stream0_only" in r.stdout
     # the run stops after the chunk that found the bug; its shrinking may meet the same bug as

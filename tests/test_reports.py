@@ -385,6 +385,9 @@ def test_a_schema_1_report_loads_as_the_default_context(tmp_path):
     (lambda d: (_as_schema1(d), d["params"].update(calls=2, stream="default")),
      "params.stream, params.calls: added in schema 2, but the report is schema 1"),
     (lambda d: d.update(history={}), "history must be a list of at most 64 earlier calls"),
+    (lambda d: d.update(kind="history-dependent", history=[{"backend": "bk", "params": dict(
+        {"B": 1, "S": 1, "n": 1, "D": 1}, **{f"unknown_parameter_{i}": i for i in range(20)})}]),
+     "history[0]: params: " + ("unknown case parameter(s): " + str(sorted(f"unknown_parameter_{i}" for i in range(20))))[:200]),
     (lambda d: d.update(history=[{"backend": "bk", "params": {"B": 1, "S": 1, "n": 1, "D": 1}}] * 65),
      "history must be a list of at most 64 earlier calls"),
     (lambda d: d.update(history=[{"backend": "bk"}]),
@@ -469,6 +472,8 @@ def test_report_problems_are_one_exact_line(tmp_path, edit, problem):
     lambda d: d.update(case_timeout_s=None),
     lambda d: d.update(expected_failure={"reason": "bug 3"}),
     lambda d: d.update(backend="my-kernel.v2"),
+    lambda d: d.update(kind="history-dependent",
+                       history=[{"backend": "bk", "params": {"B": 1, "S": 1, "n": 1, "D": 1}}] * 64),
 ])
 def test_reports_at_the_edge_of_each_rule_load(tmp_path, edit):
     p, _ = write_report(build_report(_result(8), env={}), tmp_path)
@@ -638,8 +643,10 @@ def test_environment_names_the_loaded_module_s_own_version(monkeypatch):
 def test_plugins_providing_keeps_what_may_have_provided_the_backend():
     import tests.mutants as mutants
     from fuzz.reports import plugins_providing, replay_command
+    import tests.mutants.context  # noqa: F401  (tests.mutants.context.FirstCallWrong is named first_call_wrong)
     nested = "tests.mutants:stream0_only.capabilities"            # an object without a name: kept
     got = plugins_providing("stream0_only", ["tests.mutants:stream0_only", "tests.mutants:raises",
+                                             "tests.mutants:context.FirstCallWrong",
                                              "tests.mutants:no_such_thing", "tests.mutants:ALL", nested,
                                              "not.imported.module:x", "tests.mutants:stream0_only"])
     assert got == ["tests.mutants:stream0_only", "tests.mutants:no_such_thing", "tests.mutants:ALL", nested,
