@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import requires_cuda
-from fuzz.cases import LAYOUTS, CaseParams, make_inputs, uniform
+from fuzz.cases import ARG_LAYOUTS, LAYOUTS, CaseParams, make_inputs, uniform
 from fuzz.reports import SCHEMA, SCHEMAS
 from fuzz.truth import truth
 
@@ -343,3 +343,41 @@ def test_values_past_two_to_the_thirty_two_have_their_own_stream():
     assert not torch.equal(low, high)
     # pinned: a change here changes every large-tier report's tensors
     assert high.tolist() == [0.21526074409484863, 0.9579895734786987, 0.06370294094085693, 0.7901060581207275]
+
+
+def test_integer_ranges_admit_their_edge_and_refuse_past_it():
+    base = dict(B=1, S=1, n=1, D=2)
+    for k, top in (("seed", 1 << 62), ("zero_tokens", 1 << 24), ("outliers", 1 << 24)):
+        CaseParams(**base, **{k: top}).validated()
+        with pytest.raises(ValueError) as err:
+            CaseParams(**base, **{k: top + 1}).validated()
+        assert str(err.value) == f"case parameter {k} must be an int in [0, {top}], got {top + 1}"
+        with pytest.raises(ValueError, match=f"case parameter {k} must be an int"):
+            CaseParams(**base, **{k: True}).validated()
+
+
+def test_arg_lists_must_name_each_input_once_in_sorted_order():
+    for pairs in ((("phi", "offset"), ("phi", "strided")), (("phi", "offset"), ("bias", "offset"))):
+        with pytest.raises(ValueError) as err:
+            CaseParams(1, 2, 2, 4, arg_layouts=pairs).validated()
+        assert str(err.value) == f"arg_layouts must name each input once, in sorted order, got {pairs!r}"
+    with pytest.raises(ValueError) as err:
+        CaseParams(1, 2, 2, 4, arg_layouts=(("phi", "diagonal"),)).validated()
+    assert str(err.value) == f"arg_layouts: phi cannot be 'diagonal' (allowed: {ARG_LAYOUTS['phi']})"
+    with pytest.raises(ValueError, match="^calls must be 1 or 2"):
+        CaseParams(1, 2, 2, 4, calls=3).validated()
+
+
+def test_short_names_every_departure_once():
+    p = CaseParams(1, 2, 2, 4, seed=3, layout="offset", arg_layouts=(("bias", "strided"), ("phi", "offset")),
+                   arg_dtypes=(("phi", "bf16"),), calls=2, grad_mode="no_grad")
+    assert p.short() == ("B=1 S=2 n=2 D=4 bf16 seed=3 layout=offset bias:strided phi:offset phi:bf16 "
+                         "grad_mode=no_grad calls=2")
+    assert CaseParams(1, 2, 2, 4).input_layouts() == {}
+    assert CaseParams(1, 2, 2, 4, layout="strided").input_layouts() == {"x": "strided", "dh_in": "strided"}
+
+
+def test_an_expanded_input_with_every_dimension_one_is_itself():
+    from fuzz.cases import _layout
+    t = torch.full((1, 1), 3.0)
+    assert torch.equal(_layout(t, "expanded"), t)
