@@ -334,6 +334,8 @@ def test_capability_queries_name_dtypes_layouts_and_gamma():
         ("cpu", "bf16", 4, 8, 2, {"phi": "bf16"}, False)
     assert set(q["layouts"]) == {"x", "dh_in", "bias"} and all(v != ("contiguous",) for v in q["layouts"].values())
     assert CaseParams(1, 2, 4, 8).capability_query("cpu")["layouts"] == {}
+    # padded rows of a one-row gamma (n = 1) are contiguous: the layout vanished, nothing to refuse
+    assert CaseParams(1, 2, 1, 8, arg_layouts=(("gamma", "strided"),)).capability_query("cpu")["layouts"] == {}
 
 
 def test_values_past_two_to_the_thirty_two_have_their_own_stream():
