@@ -84,7 +84,7 @@ class ContextSpace:
 
 # How rare a first call in a fresh process is: as rare as it is dear. On the CPU it costs a few
 # cases' time; on a GPU its process pays CUDA's start and loads every kernel it calls: 2.7 s
-# (golden), 3.9 s (Triton), 4.4 s (TileLang) on an H200, against 40-50 ms for a case in the
+# (golden), 5.1 s (Triton), 4.4 s (TileLang) on an H200, against 40-50 ms for a case in the
 # warm worker. One in 64 there took 11-36% of a run; one in 512 keeps it near a tenth.
 FRESH_ONE_IN = {"cpu": 64, "cuda": 512}
 
