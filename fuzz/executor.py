@@ -151,6 +151,20 @@ def _wait(conn, seconds: float) -> str:
             return "timeout"
 
 
+def stop_worker(proc, conn, wait_s: float = 5.0):
+    """Ask a worker process to exit (None on its pipe), wait for it, and kill it if it has not."""
+    if conn is not None:
+        try:
+            conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+    if proc is not None:
+        proc.join(wait_s)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(wait_s)
+
+
 def _describe_exit(code) -> str:
     if code is None:
         return "worker did not exit"
@@ -251,14 +265,8 @@ class SubprocessExecutor:
         return CaseResult(backend_name, params, self.device, "fail", kind, [], why, time.perf_counter() - t0)
 
     def close(self):
-        if self._conn is not None:
-            try:
-                self._conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        if self._proc is not None:
-            self._proc.join(5)
-        self._kill()
+        stop_worker(self._proc, self._conn)
+        self._proc = self._conn = None
         if self._fresh is not None:
             self._fresh.close()
 

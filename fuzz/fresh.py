@@ -256,14 +256,6 @@ class FreshProcesses:
             conn.close()
 
     def close(self):
-        if self._conn is not None:
-            try:
-                self._conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        if self._proc is not None:
-            self._proc.join(5)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(5)
+        from fuzz.executor import stop_worker
+        stop_worker(self._proc, self._conn)
         self._proc = self._conn = None

@@ -355,6 +355,15 @@ def test_a_failed_write_leaves_the_old_report_and_no_temporary(tmp_path, monkeyp
     assert p.read_text() == before and sorted(p.parent.iterdir()) == [p]
 
 
+def _edited_report(tmp_path, edit) -> tuple:
+    """A written report, then `edit(doc)` applied to its JSON and written back: (path, doc)."""
+    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
+    doc = json.loads(p.read_text())
+    edit(doc)
+    p.write_text(json.dumps(doc))
+    return p, doc
+
+
 def _as_schema1(doc: dict):
     """A report as schema 1 wrote it: without the fields schema 2 added."""
     from fuzz.reports import ADDED_IN_SCHEMA
@@ -453,10 +462,7 @@ def test_a_schema_1_report_loads_as_the_default_context(tmp_path):
      "its tensors file gone.safetensors is missing (it is stored beside the report)"),
 ])
 def test_report_problems_are_one_exact_line(tmp_path, edit, problem):
-    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
-    doc = json.loads(p.read_text())
-    edit(doc)
-    p.write_text(json.dumps(doc))
+    p, _ = _edited_report(tmp_path, edit)
     with pytest.raises(ReportError) as err:
         load_report(p)
     assert str(err.value) == f"{p}: {problem}"
@@ -476,18 +482,13 @@ def test_report_problems_are_one_exact_line(tmp_path, edit, problem):
                        history=[{"backend": "bk", "params": {"B": 1, "S": 1, "n": 1, "D": 1}}] * 64),
 ])
 def test_reports_at_the_edge_of_each_rule_load(tmp_path, edit):
-    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
-    doc = json.loads(p.read_text())
-    edit(doc)
-    p.write_text(json.dumps(doc))
+    p, doc = _edited_report(tmp_path, edit)
     assert load_report(p) == doc
 
 
 def test_a_report_whose_tensors_are_beside_it_loads(tmp_path):
-    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
-    doc = dict(json.loads(p.read_text()), tensors="case-1.safetensors")
+    p, _ = _edited_report(tmp_path, lambda d: d.update(tensors="case-1.safetensors"))
     (p.parent / "case-1.safetensors").write_bytes(b"")
-    p.write_text(json.dumps(doc))
     assert load_report(p)["tensors"] == "case-1.safetensors"
 
 
@@ -591,9 +592,7 @@ def test_short_keeps_sixty_characters_and_cuts_longer_ones_to_sixty():
 @pytest.mark.parametrize("name, ok", [("a", True), ("b" * 100, True), ("my-kernel.v2", True), ("x_1-2.y", True),
                                       ("", False), ("b" * 101, False), ("a b", False), ("a/b", False)])
 def test_backend_names_a_report_may_hold(tmp_path, name, ok):
-    p, _ = write_report(build_report(_result(8), env={}), tmp_path)
-    doc = dict(json.loads(p.read_text()), backend=name)
-    p.write_text(json.dumps(doc))
+    p, _ = _edited_report(tmp_path, lambda d: d.update(backend=name))
     if ok:
         assert load_report(p)["backend"] == name
     else:
