@@ -185,16 +185,24 @@ class BackendStats:
         return self
 
 
-class ShrinkBudgetSpent(BaseException):
-    """Raised by the property once a chunk has shrunk its failure for opts.shrink_budget_s: the
-    smallest failing case so far is already recorded (and its report written), and the search
-    goes on with a new chunk. A hang or a crash costs its timeout or a new worker per shrinking
-    step; without a bound Hypothesis shrinks such a failure for up to five minutes."""
+class _CaseNotRun(KeyboardInterrupt):
+    """Raised by the property instead of running its case, to end the chunk. A KeyboardInterrupt
+    because Hypothesis lets it through at once (it is not an Exception) and, of all exceptions,
+    only for KeyboardInterrupt does it not save the case to the example database's primary
+    corpus as a failure, where the next run would replay it first (a case never run, in place
+    of the last run's failure). The fuzz loop catches these before KeyboardInterrupt (Ctrl-C)."""
 
 
-class OutOfBudget(BaseException):
-    """Raised by the property past the deadline: Hypothesis lets it through at once (it is not
-    an Exception), so the chunk ends without generating or shrinking any further."""
+class ShrinkBudgetSpent(_CaseNotRun):
+    """The chunk has shrunk its failure for opts.shrink_budget_s: the smallest failing case so
+    far is already recorded (and its report written), and the search goes on with a new chunk.
+    A hang or a crash costs its timeout or a new worker per shrinking step; without a bound
+    Hypothesis shrinks such a failure for up to five minutes."""
+
+
+class OutOfBudget(_CaseNotRun):
+    """Past the deadline or the case limit: the chunk ends without generating or shrinking
+    any further."""
 
 
 def _failure_type(signature: str):
@@ -329,13 +337,13 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         test.hypothesis.inner_test._hypothesis_internal_add_digest = f"mhc-fuzz:{name}".encode()
         try:
             test()
-        except KeyboardInterrupt:
-            stats.interrupted = True
-            break
         except OutOfBudget:
             break
         except ShrinkBudgetSpent:
             pass
+        except KeyboardInterrupt:
+            stats.interrupted = True
+            break
         except Exception:
             pass   # failures are already recorded; Hypothesis re-raises them at the end
         if fatal:

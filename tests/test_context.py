@@ -195,9 +195,12 @@ def test_probes_cover_each_declared_limit_and_are_refused_or_caught():
 
 
 def _drawn(strategy, n=150):
+    """n draws of `strategy`, the same ones on every run: a rate or a coverage checked on them
+    does not depend on luck (one run in a few hundred drew no 1-in-512 value in 3000 draws)."""
     seen = []
 
-    @settings(max_examples=n, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=n, database=None, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
     @given(strategy)
     def collect(p):
         seen.append(p)

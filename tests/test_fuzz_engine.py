@@ -86,3 +86,25 @@ def test_unwritable_reports_keep_findings_in_memory(registry, tmp_path, monkeypa
     assert stats.findings and all(f.path is None for f in stats.findings.values())
     assert stats.write_errors and "No space left on device" in stats.write_errors[0]
     assert stats.to_dict()["findings"][0]["params"]["n"] >= 2
+
+
+def _primary_entries(db) -> int:
+    """Cases in the example database's primary corpus: those the next run replays first as
+    known failures (the secondary and pareto corpora are sub-keys: key + b'.secondary')."""
+    return sum(len(v) for k, v in db.data.items() if not k.endswith((b".secondary", b".pareto")))
+
+
+@pytest.mark.parametrize("name, cut", [("golden", "budget"), ("stream0_only", "shrink budget")])
+def test_a_case_cut_short_is_not_saved_as_a_failure(registry, name, cut):
+    """The case during which the budget (or the shrink budget) ran out is not run; Hypothesis saves
+    the case of any exception but KeyboardInterrupt to the primary corpus, where tomorrow's run
+    would replay it first in place of yesterday's failure."""
+    from hypothesis.database import InMemoryExampleDatabase
+    db = InMemoryExampleDatabase()
+    opts = engine.FuzzOptions(device="cpu", chunk_examples=40, limits=PROFILES["ci"].cpu, database=db,
+                              max_cases=5 if cut == "budget" else 60, shrink_budget_s=0.0,
+                              stop_on_first_failure=True)
+    stats = engine.fuzz_backend(name, registry.get(name).capabilities, InProcessExecutor(registry, "cpu"),
+                                900.0, opts)
+    assert len(stats.findings) == (name != "golden")
+    assert _primary_entries(db) == len(stats.findings)    # each a failure that replays as one
