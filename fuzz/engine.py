@@ -205,6 +205,30 @@ class OutOfBudget(_CaseNotRun):
     any further."""
 
 
+def _leaves(exc: BaseException):
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            yield from _leaves(e)
+    else:
+        yield exc
+
+
+def chunk_end(exc: BaseException) -> str:
+    """What a chunk's end by `exc` means for the run: "next" (its failures are recorded, or its
+    shrink budget is spent: a new chunk goes on searching), "budget" (the run's budget is out),
+    "interrupted" (Ctrl-C, SIGTERM) or "raise" (not the harness's: let it through). At its end
+    Hypothesis replays each failure once more and raises what the replays raised, several as
+    one group; a replay after the shrink budget ran out raises ShrinkBudgetSpent."""
+    leaves = list(_leaves(exc))
+    if any(isinstance(e, KeyboardInterrupt) and not isinstance(e, _CaseNotRun) for e in leaves):
+        return "interrupted"
+    if any(isinstance(e, OutOfBudget) for e in leaves):
+        return "budget"
+    if all(isinstance(e, (Exception, ShrinkBudgetSpent)) for e in leaves):
+        return "next"      # failures: already recorded by the property
+    return "raise"
+
+
 def _failure_type(signature: str):
     """One exception type per signature, so Hypothesis shrinks each distinct bug separately."""
     cache = _failure_type.__dict__.setdefault("cache", {})
@@ -337,15 +361,14 @@ def fuzz_backend(name: str, caps, executor, budget_s: float, opts: FuzzOptions) 
         test.hypothesis.inner_test._hypothesis_internal_add_digest = f"mhc-fuzz:{name}".encode()
         try:
             test()
-        except OutOfBudget:
-            break
-        except ShrinkBudgetSpent:
-            pass
-        except KeyboardInterrupt:
-            stats.interrupted = True
-            break
-        except Exception:
-            pass   # failures are already recorded; Hypothesis re-raises them at the end
+        except BaseException as exc:
+            end = chunk_end(exc)
+            if end == "raise":
+                raise
+            if end == "interrupted":
+                stats.interrupted = True
+            if end != "next":
+                break
         if fatal:
             raise fatal[0]
         settled.update(stats.findings)

@@ -11,14 +11,12 @@ import pytest
 
 from conftest import ROOT
 from verbatim import run_line
+from inproc import cli
 from fuzz.reports import iter_reports, load_report, sweep_reports_dir
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
 
 
-def cli(*args, timeout=600, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "fuzz.cli", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=timeout, cwd=cwd)
 
 
 def test_run_golden_on_cpu_writes_summaries(tmp_path):

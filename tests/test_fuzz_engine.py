@@ -108,3 +108,20 @@ def test_a_case_cut_short_is_not_saved_as_a_failure(registry, name, cut):
                                 900.0, opts)
     assert len(stats.findings) == (name != "golden")
     assert _primary_entries(db) == len(stats.findings)    # each a failure that replays as one
+
+
+def test_how_a_chunk_ended_is_read_from_what_hypothesis_raised():
+    """Hypothesis replays every failure at a chunk's end and raises what each replay raised,
+    several as one group: two replays after the shrink budget ran out are a group of two
+    ShrinkBudgetSpent, a chunk like any other, not the end of the run."""
+    spent, budget, fail = engine.ShrinkBudgetSpent(), engine.OutOfBudget(), AssertionError("dx")
+    assert engine.chunk_end(BaseExceptionGroup("2 failures", [spent, engine.ShrinkBudgetSpent()])) == "next"
+    assert engine.chunk_end(BaseExceptionGroup("2", [fail, spent])) == "next"
+    assert engine.chunk_end(ExceptionGroup("2", [fail, ValueError()])) == "next"
+    assert engine.chunk_end(spent) == engine.chunk_end(fail) == "next"
+    assert engine.chunk_end(budget) == engine.chunk_end(BaseExceptionGroup("2", [spent, budget])) == "budget"
+    assert engine.chunk_end(KeyboardInterrupt()) == "interrupted"
+    assert engine.chunk_end(BaseExceptionGroup("2", [budget, BaseExceptionGroup("1", [KeyboardInterrupt()])])) \
+        == "interrupted"
+    assert engine.chunk_end(SystemExit(3)) == engine.chunk_end(BaseExceptionGroup("2", [fail, SystemExit(3)])) \
+        == "raise"

@@ -1,12 +1,9 @@
 """The harness's power: every planted bug is killed, each misbehaviour gets its own kind."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT
+from inproc import cli
 import tests.mutants as M
 from fuzz.kinds import FailureKind
 
@@ -45,13 +42,10 @@ def _kill(classes, tmp_path) -> tuple:
     # the CI's sample shrinks each kill for 3 s (a hang or a crash pays a timeout or a new
     # worker per step); the whole table keeps the default. The verdicts do not depend on it.
     shrink = ["--shrink-budget", "3s"] if one else []
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
     # a fixed amount of work and a fixed Hypothesis seed: the verdict does not depend on the machine
-    r = subprocess.run([sys.executable, "-m", "fuzz.cli", "mutants", "--device", "cpu", "--budget", "600s",
-                        "--max-cases", "400", "--hypothesis-seed", "0", "--case-timeout", str(timeout), *shrink,
-                        "--only", ",".join(c.name for c in classes),
-                        "--reports", tmp_path / "reports", "--json", out],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
+    r = cli("mutants", "--device", "cpu", "--budget", "600s", "--max-cases", "400", "--hypothesis-seed", "0",
+            "--case-timeout", timeout, *shrink, "--only", ",".join(c.name for c in classes),
+            "--reports", tmp_path / "reports", "--json", out)
     print(r.stdout[-6000:])
     return r, json.loads(out.read_text())["mutants"]
 

@@ -15,6 +15,7 @@ from conftest import ROOT
 from fuzz.onboard import CHECKS
 from fuzz.reports import iter_reports, load_report
 from verbatim import run_line
+from inproc import cli
 
 ENV = dict(os.environ, COLUMNS="200", TRITON_INTERPRET="1")
 
@@ -53,9 +54,12 @@ def test_example_package_in_a_venv_is_discovered_and_onboarded_by_target(tmp_pat
 
 def _onboard(tmp_path, target, **env):
     card = tmp_path / "card.json"
-    r = subprocess.run([sys.executable, "-m", "fuzz.cli", "onboard", target, "--device", "cpu", "--budget", "5s",
-                        "--reports", tmp_path / "rep", "--json", card], cwd=ROOT, capture_output=True, text=True,
-                       env=dict(ENV, PYTHONPATH=str(ROOT), **env), timeout=600)
+    args = ["onboard", target, "--device", "cpu", "--budget", "5s", "--reports", tmp_path / "rep", "--json", card]
+    if env:      # read by the backend in its worker process: a process of its own, started with them
+        r = subprocess.run([sys.executable, "-m", "fuzz.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                           text=True, env=dict(ENV, PYTHONPATH=str(ROOT), **env), timeout=600)
+    else:
+        r = cli(*args)
     return r, json.loads(card.read_text()) if card.exists() else None
 
 

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from conftest import ROOT
+from inproc import cli
 from fuzz import engine
 from fuzz.executor import InProcessExecutor
 from fuzz.profiles import PROFILES
@@ -23,9 +24,6 @@ from impls.registry import default_registry
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
 
 
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "fuzz.cli", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=timeout, cwd=ROOT)
 
 
 class CountingExecutor(InProcessExecutor):

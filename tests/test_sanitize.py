@@ -4,15 +4,14 @@ import json
 import os
 import shutil
 import stat
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, requires_cuda
+from conftest import requires_cuda
 from fuzz.cases import CaseParams
 from fuzz.sample import copy_reports, sample_cases, write_sample
 from impls.tilelang_mhc import backend as tilelang
+from inproc import cli
 
 FAKE = """#!/bin/sh
 # stands in for compute-sanitizer: records its tool and environment, finds errors with racecheck
@@ -23,9 +22,7 @@ exit 0
 
 
 def _cli(*args, env=None):
-    e = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "fuzz.cli", *map(str, args)], capture_output=True, text=True,
-                          env=e, timeout=600, cwd=ROOT)
+    return cli(*args, env=env)
 
 
 def _sample(tmp_path, backend="golden"):

@@ -5,15 +5,14 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
 from conftest import ROOT
+from inproc import cli
 from fuzz.reports import iter_reports, load_report
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", TRITON_INTERPRET="1")
 
 
 def _shard_stats(cases, worst, findings):
@@ -45,11 +44,9 @@ def test_merge_adds_counts_and_keeps_the_smallest_case_per_signature():
 
 def test_two_cpu_workers_share_reports_without_duplicates(tmp_path):
     reports = tmp_path / "reports"
-    r = subprocess.run([sys.executable, "-m", "fuzz.cli", "run", "--workers", "2", "--device", "cpu",
-                        "--backend", "golden,d_tail_dropped", "--plugin", "tests.mutants:d_tail_dropped",
-                        "--budget", "600s", "--max-cases", "15", "--profile", "ci", "--reports", reports,
-                        "--out", tmp_path / "out", "--db", "none"],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    r = cli("run", "--workers", "2", "--device", "cpu", "--backend", "golden,d_tail_dropped",
+            "--plugin", "tests.mutants:d_tail_dropped", "--budget", "600s", "--max-cases", "15", "--profile", "ci",
+            "--reports", reports, "--out", tmp_path / "out", "--db", "none")
     assert r.returncode == 1, r.stdout + r.stderr
     doc = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert doc["workers"] == 2
@@ -94,11 +91,9 @@ def redis_url(tmp_path):
 
 def _fuzz_run(tmp_path, tag, db, seed):
     out = tmp_path / tag
-    r = subprocess.run([sys.executable, "-m", "fuzz.cli", "run", "--device", "cpu", "--backend", "rare_bug",
-                        "--plugin", "tests.mutants:rare_bug", "--budget", "600s", "--max-cases", "400", "--profile", "ci",
-                        "--seed", str(seed), "--db", db, "--reports", tmp_path / f"rep-{tag}", "--out", out,
-                        "--stop-on-first-failure", "--no-isolate"],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    r = cli("run", "--device", "cpu", "--backend", "rare_bug", "--plugin", "tests.mutants:rare_bug",
+            "--budget", "600s", "--max-cases", "400", "--profile", "ci", "--seed", seed, "--db", db,
+            "--reports", tmp_path / f"rep-{tag}", "--out", out, "--stop-on-first-failure", "--no-isolate")
     assert r.returncode == 1, r.stdout + r.stderr
     (b,) = json.loads((out / "summary.json").read_text())["backends"]
     return b
