@@ -191,7 +191,13 @@ COMMANDS = {"backends": cmd_backends, "run": cmd_run, "replay": cmd_replay, "mut
 
 def main(argv=None) -> int:
     from rich.console import Console
+    import fuzz
     from fuzz import stop
+    # a budget counts from the process's start for its first command (imports included), from
+    # its own start for a later one (main() called again by a Python program)
+    if getattr(main, "called", False):
+        fuzz.STARTED = time.monotonic()
+    main.called = True
     console = Console(stderr=False, highlight=False)
     parser = build_parser()
     args = parser.parse_args(argv)

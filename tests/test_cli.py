@@ -195,3 +195,17 @@ def test_sharded_run_warms_up_once_in_the_parent(tmp_path):
     assert r.stdout.count("warm-up warm_up_probe") == 1
     assert doc["warm_up"]["warm_up_probe"]["prepared"] == 3
     assert doc["backends"][0]["cases"] == 6 and not doc["failed"]     # 3 per shard, each prepared
+
+
+def test_a_later_command_in_the_same_process_has_its_whole_budget(tmp_path, monkeypatch):
+    """main() called again by a Python program (an hour after the process started): the budget
+    counts from that call, not from the process's start."""
+    import fuzz
+    from fuzz.cli import main
+    monkeypatch.setattr(main, "called", True, raising=False)       # as after an earlier command
+    monkeypatch.setattr(fuzz, "STARTED", time.monotonic() - 3600)
+    r = cli("run", "--backend", "golden", "--budget", "60s", "--max-cases", "3", "--profile", "ci", "--device", "cpu",
+            "--no-isolate", "--db", "none", "--out", tmp_path / "out", "--reports", tmp_path / "rep")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (golden,) = json.loads((tmp_path / "out" / "summary.json").read_text())["backends"]
+    assert golden["cases"] == 3
