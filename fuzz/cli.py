@@ -193,9 +193,9 @@ def main(argv=None) -> int:
     from rich.console import Console
     import fuzz
     from fuzz import stop
-    # a budget counts from the process's start for its first command (imports included), from
-    # its own start for a later one (main() called again by a Python program)
-    if getattr(main, "called", False):
+    # the command line's budget counts from the process's start (imports included); a Python
+    # program's call, main([...]), or a second command in one process, from its own start
+    if argv is not None or getattr(main, "called", False):
         fuzz.STARTED = time.monotonic()
     main.called = True
     console = Console(stderr=False, highlight=False)

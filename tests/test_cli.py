@@ -197,12 +197,13 @@ def test_sharded_run_warms_up_once_in_the_parent(tmp_path):
     assert doc["backends"][0]["cases"] == 6 and not doc["failed"]     # 3 per shard, each prepared
 
 
-def test_a_later_command_in_the_same_process_has_its_whole_budget(tmp_path, monkeypatch):
-    """main() called again by a Python program (an hour after the process started): the budget
-    counts from that call, not from the process's start."""
+@pytest.mark.parametrize("earlier_command", [False, True])
+def test_a_python_program_s_command_has_its_whole_budget(tmp_path, monkeypatch, earlier_command):
+    """main([...]) called by a Python program an hour after it started, as its first command or
+    a later one: the budget counts from that call, not from the process's start."""
     import fuzz
     from fuzz.cli import main
-    monkeypatch.setattr(main, "called", True, raising=False)       # as after an earlier command
+    monkeypatch.setattr(main, "called", earlier_command, raising=False)
     monkeypatch.setattr(fuzz, "STARTED", time.monotonic() - 3600)
     r = cli("run", "--backend", "golden", "--budget", "60s", "--max-cases", "3", "--profile", "ci", "--device", "cpu",
             "--no-isolate", "--db", "none", "--out", tmp_path / "out", "--reports", tmp_path / "rep")
