@@ -120,20 +120,26 @@ def _outputs_of(out, junit, js):
 
 
 def test_sharded_run_writes_what_a_single_run_writes(tmp_path):
+    """Two shards: the outputs of a single run, statistics added up, and one report file per
+    finding (d_tail_dropped fails on most cases: both shards find its bugs and write them to
+    the same files)."""
     out, junit, js = tmp_path / "out", tmp_path / "ci" / "junit.xml", tmp_path / "ci" / "run.json"
-    r = cli("run", "--workers", "2", "--device", "cpu", "--backend", "golden,stream0_only",
-            "--plugin", "tests.mutants:stream0_only", "--max-cases", "6", "--budget", "300s", "--profile", "ci",
+    r = cli("run", "--workers", "2", "--device", "cpu", "--backend", "golden,d_tail_dropped",
+            "--plugin", "tests.mutants:d_tail_dropped", "--max-cases", "6", "--budget", "300s", "--profile", "ci",
             "--db", "none", "--out", out, "--reports", tmp_path / "rep", "--junit", junit, "--json", js)
     assert r.returncode == 1, r.stdout + r.stderr
     doc, suites, page = _outputs_of(out, junit, js)
     assert doc["workers"] == 2 and not doc["interrupted"]
     golden = next(b for b in doc["backends"] if b["backend"] == "golden")
     assert golden["cases"] == 12 and golden["workers"] == 2 and not golden["findings"]   # 6 per shard, added up
-    mutant = next(b for b in doc["backends"] if b["backend"] == "stream0_only")
-    sigs = {f["signature"] for f in mutant["findings"]}
-    assert sigs and sigs == {load_report(p)["signature"] for p in iter_reports(tmp_path / "rep")}
+    mutant = next(b for b in doc["backends"] if b["backend"] == "d_tail_dropped")
+    found = {f["signature"]: f for f in mutant["findings"]}
+    reports = [load_report(p) for p in iter_reports(tmp_path / "rep")]
+    assert found and sorted(rep["signature"] for rep in reports) == sorted(found)      # no report twice
+    assert all(load_report(f["report"])["signature"] == sig for sig, f in found.items())
+    assert sum(f["hits"] for f in found.values()) > len(found)      # the shards' hits, added up
     failures = {c.get("name") for c in suites.iter("testcase") if c.find("failure") is not None}
-    assert failures == sigs
+    assert failures == set(found)
     assert "| golden | 12 |" in page and "workers 2" in page
     assert not (out / "summary.json").exists()        # --json moved it
 
