@@ -46,8 +46,11 @@ from impls.registry import default_registry
 STARTUP_TIMEOUT_S = 300.0
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # what the fork server imports once for every worker (see the module doc): torch, and this
-# module with the checks (none of them reads the environment when imported)
-PRELOAD = ["torch", "fuzz.executor"]
+# module with the checks (none of them reads the environment when imported); and what torch
+# imports on the first backward of a process (symbolic shapes, with sympy: 0.7 s on a CPU
+# core), which would otherwise count against the first case of every new worker, the one
+# after a hang or a crash included. The fork server skips a module that does not import.
+PRELOAD = ["torch", "fuzz.executor", "torch.fx.experimental.symbolic_shapes"]
 POLL_S = 0.1          # how often a wait looks at the deadline and the stop flag
 CALL_LOG_LENGTH = 32  # calls of the current worker kept for a history-dependent failure
 
