@@ -14,7 +14,7 @@ from fuzz.compare import Verdict
 from fuzz.kinds import FailureKind
 from fuzz.truth import BACKWARD, FORWARD
 from impls.golden_backend import GoldenBackend
-from impls.registry import Capabilities, check_inputs
+from impls.registry import Capabilities
 import tests.mutants as M
 
 P = CaseParams(1, 2, 4, 8, seed=1)
@@ -399,16 +399,16 @@ def test_a_correct_forward_is_called_once_and_judged(monkeypatch):
         assert [v.component for v in res.verdicts] == list(BACKWARD_OUTPUTS + FORWARD_OUTPUTS), fill
 
 
-class _CallTwoWrong(GoldenBackend):
+class _CallTwoWrong(_Counting):
     """Golden whose call 2 (and later) doubles dx, or raises, or returns another count of tensors."""
     name = "call_two"
 
     def __init__(self, how: str, deterministic: bool = True):
-        self.how, self.calls = how, 0
+        super().__init__()
+        self.how = how
         self.capabilities = Capabilities(deterministic=deterministic)
 
     def backward(self, *args):
-        self.calls += 1
         out = list(super().backward(*args))
         if self.calls == 1:
             return tuple(out)

@@ -21,16 +21,12 @@ exit 0
 """
 
 
-def _cli(*args, env=None):
-    return cli(*args, env=env)
-
-
 def _sample(tmp_path, backend="golden"):
     return write_sample(backend, [CaseParams(1, 3, 2, 8, "bf16", seed=4)], tmp_path / "sample", "cpu")[0]
 
 
 def test_an_unknown_tool_is_a_usage_error(tmp_path):
-    r = _cli("replay", tmp_path / "r.json", "--sanitize", "leakcheck")
+    r = cli("replay", tmp_path / "r.json", "--sanitize", "leakcheck")
     assert r.returncode == 2 and "invalid choice" in r.stderr
 
 
@@ -47,7 +43,7 @@ def fake_sanitizer(tmp_path):
 def test_all_runs_every_tool_without_caching_allocator_or_fill(tmp_path, fake_sanitizer):
     log, env = fake_sanitizer
     report = _sample(tmp_path)
-    r = _cli("replay", report, "--device", "cpu", "--sanitize", "all", env=env)
+    r = cli("replay", report, "--device", "cpu", "--sanitize", "all", env=env)
     lines = log.read_text().splitlines()
     assert [ln.split()[0] for ln in lines] == ["memcheck", "initcheck", "racecheck", "synccheck"]
     assert all(ln.split()[1:3] == ["1", "off"] and "--error-exitcode 3" in ln and str(report) in ln for ln in lines)
@@ -57,18 +53,18 @@ def test_all_runs_every_tool_without_caching_allocator_or_fill(tmp_path, fake_sa
 
 def test_one_tool_that_finds_nothing_exits_0(tmp_path, fake_sanitizer):
     log, env = fake_sanitizer
-    r = _cli("replay", _sample(tmp_path), "--device", "cpu", "--sanitize", "initcheck", env=env)
+    r = cli("replay", _sample(tmp_path), "--device", "cpu", "--sanitize", "initcheck", env=env)
     assert r.returncode == 0 and log.read_text().split()[0] == "initcheck", r.stdout + r.stderr
     assert "no sanitizer" not in r.stdout
 
 
 def test_tools_named_with_commas_run_in_that_order(tmp_path, fake_sanitizer):
     log, env = fake_sanitizer
-    r = _cli("replay", _sample(tmp_path), "--device", "cpu", "--sanitize", "synccheck,memcheck", env=env)
+    r = cli("replay", _sample(tmp_path), "--device", "cpu", "--sanitize", "synccheck,memcheck", env=env)
     assert r.returncode == 0 and [ln.split()[0] for ln in log.read_text().splitlines()] == ["synccheck", "memcheck"], \
         (r.stdout + r.stderr, log.read_text())
     assert "no sanitizer" not in r.stdout
-    r = _cli("replay", _sample(tmp_path), "--sanitize", "memcheck,leakcheck")
+    r = cli("replay", _sample(tmp_path), "--sanitize", "memcheck,leakcheck")
     assert r.returncode == 2 and "invalid choice: 'leakcheck'" in r.stderr
 
 
@@ -98,7 +94,7 @@ def test_initcheck_finds_the_uninitialised_scratch_read_and_not_golden(tmp_path)
     p = CaseParams(1, 4, 2, 16, "bf16", seed=1)
     mutant = write_sample("uninitialized_scratch_read", [p], tmp_path, "cuda")[0]
     control = write_sample("golden", [p], tmp_path, "cuda")[0]
-    r = _cli("replay", mutant, "--plugin", "tests.mutants:uninitialized_scratch_read", "--sanitize", "initcheck")
+    r = cli("replay", mutant, "--plugin", "tests.mutants:uninitialized_scratch_read", "--sanitize", "initcheck")
     assert r.returncode == 1 and "initcheck reported errors" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
-    r = _cli("replay", control, "--sanitize", "initcheck")
+    r = cli("replay", control, "--sanitize", "initcheck")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
