@@ -87,28 +87,35 @@ def _judge(outputs, p: CaseParams, device, direction, ref, mags, tols, caps) -> 
         got = len(outputs) if isinstance(outputs, (tuple, list)) else type(outputs).__name__
         return ([cmp.contract_verdict(direction, f"{direction} returned {got}, expected {len(names)} tensors")],
                 FailureKind.CONTRACT)
-    verdicts, kind = [], ""
+    verdicts, sources, compared, kind = [], [], [], ""      # sources: how each verdict was reached
     u_acc = UNIT_ROUNDOFF["fp32"]
     for name, out in zip(names, outputs):
         u_gemm = UNIT_ROUNDOFF[caps.gemm_precision_of(name, p.x_dtype)]
         shape, dtype = specs[name]
         if name == "dgamma" and not p.use_gamma and caps.dgamma_without_gamma != "grad":
-            v = _dgamma_by_convention(out, caps.dgamma_without_gamma, shape, dtype, device)
-            verdicts.append(v)
-            if not v.passed and not kind:
-                kind = FailureKind.CONTRACT if v.problem else FailureKind.TOLERANCE
+            verdicts.append(_dgamma_by_convention(out, caps.dgamma_without_gamma, shape, dtype, device))
+            sources.append("convention")
             continue
         problem = cmp.contract_problem(name, out, shape, dtype, device)
         if problem:
             verdicts.append(cmp.contract_verdict(name, problem))
-            kind = FailureKind.CONTRACT
+            sources.append("contract")
             continue
         rule = tols.rule(name, p.x_dtype)
         bound = rule.bound(ref[name], mags[name], p.dims(), u_acc, u_gemm)
-        v = cmp.compare(name, out, ref[name], bound, dtype)
-        verdicts.append(v)
-        if not v.passed and not kind:
-            kind = FailureKind.NONFINITE if v.nonfinite_mismatches else FailureKind.TOLERANCE
+        compared.append((len(verdicts), (name, out, ref[name], bound, dtype)))
+        verdicts.append(None)
+        sources.append("compared")
+    for (at, _), v in zip(compared, cmp.compare_many([item for _, item in compared])):   # all in one pass
+        verdicts[at] = v
+    for v, source in zip(verdicts, sources):       # the first failure names the kind; a contract's wins
+        if source == "contract":
+            kind = FailureKind.CONTRACT
+        elif not v.passed and not kind:
+            if source == "convention":
+                kind = FailureKind.CONTRACT if v.problem else FailureKind.TOLERANCE
+            else:
+                kind = FailureKind.NONFINITE if v.nonfinite_mismatches else FailureKind.TOLERANCE
     if kind != FailureKind.CONTRACT and any(v.nonfinite_mismatches for v in verdicts):
         kind = FailureKind.NONFINITE
     return verdicts, kind

@@ -11,6 +11,7 @@ all-zero output, and the truth with its sign flipped, would have failed too. A c
 truth is zero, or tiny next to its bound, passes an output that was never computed."""
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -68,14 +69,53 @@ def contract_problem(name: str, out, expected_shape, expected_dtype, expected_de
 def compare(component: str, out: torch.Tensor, truth: torch.Tensor, tol: torch.Tensor,
             out_dtype: torch.dtype) -> Verdict:
     """Verdict for one component. truth and tol are float64 tensors of out's shape."""
-    o = out.detach().to(torch.float64)
-    t = truth.to(o.device)
-    tol = tol.to(o.device)
-    expected = t.to(out_dtype).to(torch.float64)          # the truth rounded: Inf past the overflow
+    return compare_many([(component, out, truth, tol, out_dtype)])[0]
+
+
+def compare_many(items) -> list:
+    """Verdicts for several components, [(component, out, truth, tol, out_dtype)], in order:
+    each is what compare() says of it alone. The components of one device are laid end to end
+    and judged in one pass, with per-component reductions, and every number the verdicts
+    need is read back in one synchronisation: a call's five to six components cost one
+    fixed set of launches instead of one set each (on a GPU the launches, not the arithmetic,
+    are what a case waits for)."""
+    verdicts = [None] * len(items)
+    by_device = {}
+    for i, (component, out, _, _, _) in enumerate(items):
+        if out.numel():
+            by_device.setdefault(out.device, []).append(i)
+        else:
+            verdicts[i] = Verdict(component, True, 0.0, 0.0, 0.0, (), 0)
+    for members in by_device.values():
+        # components of one output dtype side by side: the truth is rounded once per dtype
+        members.sort(key=lambda i: str(items[i][4]))
+        rows = _numbers([items[i] for i in members]).tolist()
+        for i, row in zip(members, rows):
+            verdicts[i] = _verdict(items[i][0], tuple(items[i][1].shape), row)
+    return verdicts
+
+
+def _numbers(items) -> torch.Tensor:
+    """The numbers of the verdicts of components on one device, sorted by output dtype: one
+    float64 row per component, read by _verdict. Indices below 2^53 are exact as float64."""
+    device = items[0][1].device
+    sizes = [out.numel() for _, out, _, _, _ in items]
+    o = torch.cat([out.detach().reshape(-1).to(torch.float64) for _, out, _, _, _ in items])
+    t = torch.cat([truth.to(device).broadcast_to(out.shape).reshape(-1) for _, out, truth, _, _ in items])
+    tol = torch.cat([tl.to(device).broadcast_to(out.shape).reshape(-1) for _, out, _, tl, _ in items])
+    # the truth rounded to the output dtype (Inf past its overflow), and that dtype's overflow
+    # threshold: values from top + half an ulp of the top binade (2^emax * u: 65520 in fp16)
+    # round to Inf
+    expected, to_inf, start = [], [], 0
+    for dtype, group in itertools.groupby(zip(items, sizes), key=lambda item: item[0][4]):
+        n = sum(size for _, size in group)
+        top = torch.finfo(dtype).max
+        expected.append(t[start:start + n].to(dtype).to(torch.float64))
+        to_inf.append(torch.full((n,), top + 2.0 ** math.floor(math.log2(top)) * UNIT_ROUNDOFF[NAME_OF[dtype]],
+                                 dtype=torch.float64, device=device))
+        start += n
+    expected, to_inf = torch.cat(expected), torch.cat(to_inf)
     fin_o, fin_t = torch.isfinite(o), torch.isfinite(t)
-    # values from top + half an ulp of the top binade (2^emax * u: 65520 in fp16) round to Inf
-    top = torch.finfo(out_dtype).max
-    to_inf = top + 2.0 ** math.floor(math.log2(top)) * UNIT_ROUNDOFF[NAME_OF[out_dtype]]
     allowed = _allowed_classes(t, fin_t, torch.nan_to_num(tol, nan=0.0), to_inf)
     mismatch = ~_in_class(o, fin_o, allowed)
 
@@ -85,28 +125,33 @@ def compare(component: str, out: torch.Tensor, truth: torch.Tensor, tol: torch.T
     ratio = torch.where(both, err / safe_tol, torch.zeros_like(t))
     # tol == 0 (exact zero truth with zero magnitude) and err == 0 is a ratio of 0
     ratio = torch.where(err == 0, torch.zeros_like(ratio), ratio)
-    if not o.numel():
-        return Verdict(component, True, 0.0, 0.0, 0.0, (), 0)
-    # every number the verdict needs, gathered on the device and read back in one
-    # synchronisation (a case judges about a dozen components: a read per number would cost
-    # more than the arithmetic on a GPU). Indices below 2^53 are exact as float64.
-    flat_o, flat_t = o.reshape(-1), t.reshape(-1)
-    worst_at = torch.argmax(ratio.reshape(-1)).reshape(1)
-    first_bad = torch.argmax(mismatch.reshape(-1).to(torch.uint8)).reshape(1)   # first True, if any
-    picks = torch.cat([worst_at, first_bad])
-    zero, flip = _would_fail(t, expected, fin_t, allowed, safe_tol)
-    numbers = torch.cat([
-        mismatch.sum().reshape(1).double(), picks.double(),
-        ratio.reshape(-1).index_select(0, worst_at), tol.reshape(-1).index_select(0, worst_at),
-        flat_o.index_select(0, picks), flat_t.index_select(0, picks), err.max().reshape(1), zero, flip]).tolist()
+    zero, flip, flip_mismatch = _would_fail(t, expected, fin_t, allowed, safe_tol)
+
+    # per component, one max over the rows of what is maximised: values and first indices
+    # (torch.max's rules: NaN is the maximum, the first of equal maxima is the one given);
+    # the first index of a 0/1 row is its first 1, where it has one
+    rows = torch.stack([ratio, mismatch.to(torch.float64), err, zero, (~allowed[0]).to(torch.float64), flip,
+                        flip_mismatch.to(torch.float64)])
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    tops = [rows[:, a:b].max(dim=1) for a, b in zip(bounds, bounds[1:])]
+    top = torch.stack([v for v, _ in tops])                    # [k, 7]
+    at = torch.stack([i[:2] for _, i in tops])                 # [k, 2]: worst ratio, first mismatch
+    mismatches = mismatch.cumsum(0)[torch.tensor(bounds[1:], device=device) - 1].diff(
+        prepend=torch.zeros(1, dtype=torch.int64, device=device))
+    picks = at + torch.tensor(bounds[:-1], device=device)[:, None]    # offsets into the whole
+    columns = [mismatches, at[:, 0], at[:, 1], top[:, 0], tol[picks[:, 0]], o[picks[:, 0]], o[picks[:, 1]],
+               t[picks[:, 0]], t[picks[:, 1]], top[:, 2], top[:, 3], top[:, 4], top[:, 5], top[:, 6]]
+    return torch.stack([c.to(torch.float64) for c in columns], 1)
+
+
+def _verdict(component: str, shape: tuple, numbers: list) -> Verdict:
     n_mismatch, worst_flat, bad_flat, worst, bound, out_w, out_bad, truth_w, truth_bad, max_err = numbers[:10]
     zero_ratio, zero_mismatch, flip_ratio, flip_mismatch = numbers[10:]
     n_mismatch = int(n_mismatch)
     at = int(bad_flat) if n_mismatch else int(worst_flat)
     if n_mismatch:
         out_w, truth_w = out_bad, truth_bad
-    idx = _unravel(at, tuple(o.shape))
-    return Verdict(component, worst <= 1.0 and n_mismatch == 0, max_err, bound, worst, idx,
+    return Verdict(component, worst <= 1.0 and n_mismatch == 0, max_err, bound, worst, _unravel(at, shape),
                    n_mismatch, out_w, truth_w, zero_ratio=zero_ratio,
                    zero_fails=zero_ratio > 1.0 or zero_mismatch > 0,
                    flip_fails=flip_ratio > 1.0 or flip_mismatch > 0)
@@ -136,13 +181,13 @@ def _in_class(o, fin_o, allowed) -> torch.Tensor:
 
 def _would_fail(t, expected, fin_t, allowed, safe_tol) -> tuple:
     """What an all-zero output and the sign-flipped rounded truth -expected would get, by the
-    rules above (without running them): two float64 tensors on the device, (worst ratio,
-    any class mismatch) each, read back with the rest of the verdict."""
+    rules above (without running them), per element: the zero output's ratio, the flipped
+    output's ratio, and whether the flipped output's class is wrong (an all-zero output's is
+    wrong where a finite output is not allowed)."""
     fin_e = torch.isfinite(expected)
     zero = torch.where(fin_t & (t != 0), t.abs() / safe_tol, torch.zeros_like(t))
     flip = torch.where(fin_t & fin_e, (expected + t).abs() / safe_tol, torch.zeros_like(t))
-    return (torch.stack([zero.max(), (~allowed[0]).any().double()]),
-            torch.stack([flip.max(), (~_in_class(-expected, fin_e, allowed)).any().double()]))
+    return zero, flip, ~_in_class(-expected, fin_e, allowed)
 
 
 def contract_verdict(component: str, problem: str) -> Verdict:

@@ -3,14 +3,17 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fuzz import tolerances
 from fuzz.cases import CaseParams, make_inputs
 from fuzz.check import _judge
-from fuzz.compare import Verdict, compare, contract_problem, contract_verdict
+from fuzz.compare import Verdict, compare, compare_many, contract_problem, contract_verdict
 from fuzz.precision import UNIT_ROUNDOFF
 from fuzz.truth import magnitudes, truth
 from impls.golden_backend import backend as golden
+from conftest import requires_cuda
 
 TOLS = tolerances.load()
 U32, UBF = UNIT_ROUNDOFF["fp32"], UNIT_ROUNDOFF["bf16"]
@@ -276,3 +279,66 @@ def test_verdicts_round_trip_through_json():
     d = json.loads(json.dumps(v.to_dict()))
     assert d["worst_index"] == [1, 0, 2, 3] and Verdict.from_dict(d) == v
     assert Verdict.from_dict({k: val for k, val in d.items() if k != "worst_index"}).worst_index == ()
+
+
+# ---------------------------------------------------------------- several components in one pass
+_SPECIAL = [0.0, -0.0, math.inf, -math.inf, math.nan, 65504.0, 65519.0, 65520.0, -65530.0, 1e300, 3.4e38, 1e-40]
+_values = st.one_of(st.sampled_from(_SPECIAL), st.floats(-1e6, 1e6))
+_dtypes = st.sampled_from([torch.float16, torch.bfloat16, torch.float32])
+
+
+@st.composite
+def _components(draw):
+    """(component, out, truth, tol, out_dtype) lists: shapes empty to 2-D, values with NaN, Inf,
+    ties and the fp16 overflow threshold, bounds with zeros and NaN."""
+    items = []
+    for j in range(draw(st.integers(1, 6))):
+        shape = draw(st.sampled_from([(0,), (1,), (3,), (2, 5), (7,)]))
+        n, dtype = math.prod(shape), draw(_dtypes)
+        truth = _t(draw(st.lists(_values, min_size=n, max_size=n))).reshape(shape)
+        out = _t(draw(st.lists(_values, min_size=n, max_size=n))).reshape(shape)
+        out = draw(st.sampled_from([out, truth, truth + 1e-3 * out])).to(dtype)
+        tol = _t(draw(st.lists(st.sampled_from([0.0, 1e-3, 1.0, 1e5, math.nan]), min_size=n, max_size=n)))
+        items.append((f"c{j}", out, truth, tol.reshape(shape), dtype))
+    return items
+
+
+def _same(a: Verdict, b: Verdict) -> bool:
+    da, db = a.to_dict(), b.to_dict()
+    return all(da[k] == db[k] or (isinstance(da[k], float) and math.isnan(da[k]) and math.isnan(db[k])) for k in da)
+
+
+def _on(items, device):
+    return [(c, o.to(device), t.to(device), tol.to(device), dt) for c, o, t, tol, dt in items]
+
+
+@settings(max_examples=150, deadline=None)
+@given(_components())
+def test_components_judged_together_get_the_verdicts_they_get_alone(items):
+    """compare_many lays components end to end and reduces per component: no value, NaN, tie or
+    dtype of one component may leak into another's verdict."""
+    together = compare_many(items)
+    alone = [compare(*item) for item in items]
+    assert all(_same(a, b) for a, b in zip(together, alone)), (together, alone)
+
+
+@requires_cuda
+@settings(max_examples=60, deadline=None)
+@given(_components())
+def test_on_the_gpu_components_get_the_verdicts_the_cpu_gives(items):
+    """The same rules on CUDA (its reductions' NaN and tie rules included)."""
+    on_gpu = compare_many(_on(items, "cuda"))
+    on_cpu = compare_many(items)
+    assert all(_same(a, b) for a, b in zip(on_gpu, on_cpu)), (on_gpu, on_cpu)
+
+
+def test_ties_and_nan_pick_the_first_of_each_component():
+    """Worst index: the first of equal worst ratios, the first NaN ratio where there is one (a NaN
+    bound), and a component's first element where its only mismatch-free values tie at zero."""
+    items = [("a", _t([1.5, 1.5, 1.5], torch.float32), _t([1.0, 1.0, 1.0]), _t([0.25, 0.5, 0.25]), torch.float32),
+             ("b", _t([2.0, 3.0, 2.0], torch.float32), _t([1.0, 1.0, 1.0]), _t([1.0, math.nan, math.nan]), torch.float32),
+             ("c", _t([1.0, 1.0], torch.float32), _t([1.0, 1.0]), _t([1.0, 1.0]), torch.float32)]
+    a, b, c = compare_many(items)
+    assert (a.worst_index, a.worst_ratio) == ((0,), 2.0)
+    assert b.worst_index == (1,) and math.isnan(b.worst_ratio) and not b.passed
+    assert (c.worst_index, c.worst_ratio, c.passed) == ((0,), 0.0, True)
