@@ -21,7 +21,8 @@ Where the fills come from:
     filled (one call's allocations take each block from its start). Fills: bytes 0xFF (NaN in
     every float format), then bytes 0x7B, a finite value that is never right (1.3e36 as fp32
     and bf16, 61280 as fp16). Not covered: memory that the backend frees and allocates again
-    within one call (covered() says, per output, whether it was).
+    within one call (covered() says, per output, whether it was). A pool that cases of many
+    shapes have fragmented into many free blocks is replaced by an empty one (_renew).
   - CPU: every allocation made during the call is filled by torch's own allocator (the c10
     flags caffe2_cpu_allocator_do_junk_fill and _do_zero_fill): first the word 0x7FEDBEEF (NaN
     as fp32, a (-0.4668, NaN) pair as bf16/fp16), then zeros, the only other fill it offers
@@ -48,6 +49,8 @@ CPU_NAN = 0x7FEDBEEF           # torch's CPU junk fill (c10/core/impl/alloc_cpu.
 CPU_ZERO = 0x00000000          # torch's CPU zero fill
 FILLS = {"cuda": (CUDA_NAN, CUDA_FINITE), "cpu": (CPU_NAN, CPU_ZERO)}   # (first, second) per device
 RESERVE_SLACK = 2 << 20
+MAX_FREE_BLOCKS = 16           # a pool with more free blocks than this (or holding more free
+POOL_SHARE_OF_DEVICE = 16      # memory than 4 reserves and 1/16 of the device) starts afresh
 
 
 def enabled() -> bool:
@@ -145,6 +148,20 @@ class _CudaFill:
             self.problems = {CUDA_NAN: why, CUDA_FINITE: why}
         self.pool = None if self.problems else torch.cuda.MemPool()
         self.ranges = []           # (start, end) filled before the last call
+        self.cap = 0 if self.problems else torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory \
+            // POOL_SHARE_OF_DEVICE
+        self.renewals = 0
+
+    def _renew(self) -> list:
+        """Start again from an empty pool. Cases of many shapes leave the pool with ever more
+        free blocks, each filled before every call (launches, not bytes: they were 8 ms of a
+        golden case), and with memory no other pool can use, which ran a GPU shared by
+        several workers out of memory. The old pool's memory goes back to the driver as its
+        last blocks are freed."""
+        self.pool = torch.cuda.MemPool()
+        torch.cuda.empty_cache()
+        self.renewals += 1
+        return []
 
     def _free_blocks(self):
         """[(address, size, in the small pool)] of every free block of the pool on this device."""
@@ -163,6 +180,8 @@ class _CudaFill:
             yield
             return
         blocks = self._free_blocks()
+        if len(blocks) > MAX_FREE_BLOCKS or sum(size for _, size, _ in blocks) > max(4 * reserve, self.cap):
+            blocks = self._renew()
         grow = max((size for _, size, small in blocks if not small), default=0) < reserve
         if torch.cuda.mem_get_info()[0] < 2 * reserve:
             # inside the pool's context the allocator cannot hand the harness's cached memory

@@ -97,3 +97,26 @@ def test_on_the_gpu_outputs_come_from_filled_memory(p):
     outs = wrapped.backward(*inp.backward_args())
     assert all(poison.covered("cuda", t) for t in outs)
     assert poison.holds(outs[0], poison.CUDA_NAN).sum() == 0
+
+
+@requires_cuda
+def test_a_pool_fragmented_by_many_shapes_starts_afresh_and_still_catches_unwritten_outputs(monkeypatch):
+    """Cases of ever other shapes split the private pool into free blocks, every one of which is
+    filled before every call: past MAX_FREE_BLOCKS (here 3, to get there in a few cases) the pool
+    is replaced by an empty one, so a fill stays a few launches, and the new pool is filled
+    like the old."""
+    monkeypatch.setattr(poison, "MAX_FREE_BLOCKS", 3)
+    fill = poison._fill_of("cuda")
+    renewed = fill.renewals
+    shapes = [CaseParams(b, s, n, d, dt, seed=s) for b, s, n, d, dt in
+              ((1, 5, 2, 8, "bf16"), (2, 300, 4, 64, "fp32"), (1, 1, 1, 1, "fp16"), (3, 700, 4, 96, "bf16"),
+               (1, 33, 3, 17, "fp32"), (2, 1500, 4, 128, "fp16"), (1, 9, 2, 5, "bf16"), (4, 64, 4, 256, "fp32"))] * 2
+    most = 0
+    for p in shapes:
+        assert run_case(golden, p, "cuda").status == "pass"
+        most = max(most, len(fill._free_blocks()))
+    assert fill.renewals > renewed
+    assert most <= 3 + 6          # + what one case's calls split off after the last renewal
+    for p in shapes[:4]:
+        res = run_case(M.last_tile_unwritten, p, "cuda")
+        assert res.kind == FailureKind.UNWRITTEN, res.message
