@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 120s; a hang or a crash costs a timeout or a new worker per step)")
     r.add_argument("--no-isolate", action="store_true", help="run backends in this process (no crash containment)")
     r.add_argument("--stop-on-first-failure", action="store_true")
-    r.add_argument("--workers", default=None, help="N or auto: one worker per GPU (default 1)")
+    r.add_argument("--workers", default=None, help="N or auto: two workers per GPU (default 1)")
     r.add_argument("--no-warm-up", action="store_true",
                    help="skip the backends' warm_up() (by default it runs before the budget starts)")
     r.add_argument("--max-cases", type=int, default=None, metavar="N",

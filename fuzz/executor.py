@@ -41,6 +41,7 @@ from fuzz.check import CaseResult, run_case, run_inputs
 from fuzz.context import CallContext
 from fuzz.fresh import FreshProcesses
 from fuzz.kinds import FailureKind
+from fuzz.shards import GPU_SHARE_ENV
 from impls.registry import default_registry
 
 STARTUP_TIMEOUT_S = 300.0
@@ -76,9 +77,31 @@ def _run_one(backend, params: CaseParams, device, tolerances, tensors=None, **op
     return run_inputs(context.wrap(backend), inp, device, tolerances, truth_of=truth_from_saved, **options)
 
 
+def share_gpu_memory(device: str):
+    """On a GPU shared by k shards (MHC_FUZZ_GPU_SHARE=k, fuzz/shards.py), this process may hold
+    1/k of its memory: the caching allocator then frees its own cache and retries at that
+    limit, instead of one process's cache running the others out of memory (which they would
+    report as the backend's failure). Once per process, before its first case."""
+    global _SHARED
+    if _SHARED or device != "cuda":
+        return
+    _SHARED = True
+    try:
+        k = int(os.environ.get(GPU_SHARE_ENV, "1"))
+    except ValueError:
+        k = 1
+    if k > 1:
+        import torch
+        torch.cuda.set_per_process_memory_fraction(1.0 / k)
+
+
+_SHARED = False
+
+
 def run_calls(registry, tolerances, device, name, params: dict, options: dict) -> dict:
     """The calls of options["history"] [(backend, params dict)] in this process (their results
     kept only as failure signatures, in "earlier"), then the case; the case's result as a dict."""
+    share_gpu_memory(device)
     options = dict(options)
     history = options.pop("history", ())
     plain = {k: v for k, v in options.items() if k != "tensors"}
@@ -101,6 +124,7 @@ class InProcessExecutor:
         # in this process a running case cannot be stopped: the deadline is only checked before it
         if (deadline is not None and time.monotonic() >= deadline) or stop.requested():
             return not_run(backend_name, params, self.device, "the run's deadline had passed")
+        share_gpu_memory(self.device)
         return _run_one(self.registry.get(backend_name), params, self.device, self.tolerances, **options)
 
     def close(self):
@@ -240,6 +264,7 @@ class SubprocessExecutor:
         still running then is stopped and returned as not run."""
         if (deadline is not None and time.monotonic() >= deadline) or stop.requested():
             return not_run(backend_name, params, self.device, "the run's deadline had passed")
+        share_gpu_memory(self.device)
         if params.first_call:          # the first call of anything in its process
             return self.run_fresh(backend_name, params, deadline=deadline, **options)
         self.warm()

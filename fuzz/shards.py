@@ -1,8 +1,9 @@
-"""A sharded run (`mhc-fuzz run --workers N|auto`): one fuzz process per GPU, the search split
-by seed, merged into one RunOutcome that the pipeline writes like any other run.
+"""A sharded run (`mhc-fuzz run --workers N|auto`): fuzz processes spread over the GPUs (two
+per GPU with auto), the search split by seed, merged into one RunOutcome that the pipeline
+writes like any other run.
 
 Each shard is `mhc-fuzz run` itself in a child process with CUDA_VISIBLE_DEVICES pinned to
-one GPU and its own seed (seed*1000 + i), writing to the shared reports folder (safe: reports
+one GPU, a share of its memory (MHC_FUZZ_GPU_SHARE: the shards on that GPU) and its own seed (seed*1000 + i), writing to the shared reports folder (safe: reports
 are locked and atomic) and its full statistics to out/worker-i/stats-R.json. A shard that dies
 is restarted for the rest of the budget. On SIGINT/SIGTERM (to this process or to the whole
 group) the shards stop like any interrupted run, and what they did is merged."""
@@ -22,6 +23,11 @@ from fuzz.errors import EXIT_FOUND, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Harne
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 GRACE_S = 30.0        # beyond budget + one case timeout before a shard is stopped by force
 STOP_WAIT_S = 4.0     # a stopped shard writes its statistics within this
+# shards per GPU with --workers auto: a case waits on the CPU (Hypothesis, the checks' launches)
+# about as long as on the GPU, so a second shard fills the GPU's idle time; each may hold half
+# its memory (GPU_SHARE_ENV, fuzz/executor.py)
+WORKERS_PER_GPU = 2
+GPU_SHARE_ENV = "MHC_FUZZ_GPU_SHARE"
 
 
 def gpu_count_without_cuda_init() -> int | None:
@@ -39,9 +45,13 @@ def gpu_count() -> int:
     return torch.cuda.device_count()
 
 
-def worker_count(spec: str, device: str) -> int:
+def worker_count(spec: str, device: str, large: bool = False) -> int:
+    """How many shards: N, or with auto WORKERS_PER_GPU per GPU (one for the large tier, whose
+    cases need most of a GPU's memory), half the cores on the CPU."""
     if spec == "auto":
-        return max(1, gpu_count()) if device == "cuda" else max(1, (os.cpu_count() or 2) // 2)
+        if device != "cuda":
+            return max(1, (os.cpu_count() or 2) // 2)
+        return (1 if large else WORKERS_PER_GPU) * max(1, gpu_count())
     try:
         n = int(spec)
     except ValueError:
@@ -70,17 +80,17 @@ def _child_argv(plan, names, seed: int, stats_path: Path, budget_s: float) -> li
 def fuzz_sharded(plan, names: list, console):
     """Run the shards; returns (merged BackendStats list, number of workers, interrupted)."""
     from fuzz.engine import BackendStats
-    n = worker_count(plan.workers, plan.device)
+    n = worker_count(plan.workers, plan.device, plan.profile.limits(plan.device).large)
     gpus = gpu_count() if plan.device == "cuda" else 0
-    console.print(f"{n} workers on {plan.device}" + (f" ({gpus} GPUs, one each)" if gpus else ""))
+    per_gpu = shards_per_gpu(n, gpus) if plan.device == "cuda" else {}
+    console.print(f"{n} workers on {plan.device}" + (f" ({gpus} GPUs, {_spread(per_gpu)})" if per_gpu else ""))
     if not names:
         return [], n, False
     shards = {}
 
     def launch(i):
         env = dict(os.environ)
-        if plan.device == "cuda" and gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        env.update(gpu_env(i, per_gpu))
         restarts = shards[i]["restarts"] + 1 if i in shards else 0
         folder = plan.out_dir / f"worker-{i}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -113,6 +123,26 @@ def fuzz_sharded(plan, names: list, console):
                     merged[s.name].merge(s)
     stats = [merged[nm] for nm in names if nm in merged]
     return stats, n, interrupted
+
+
+def shards_per_gpu(n: int, gpus: int) -> dict:
+    """{GPU: how many of n shards run on it}, shard i on GPU i % gpus."""
+    return {g: len(range(g, n, gpus)) for g in range(gpus)}
+
+
+def gpu_env(i: int, per_gpu: dict) -> dict:
+    """Shard i's GPU, and its share of that GPU's memory (fuzz/executor.py, share_gpu_memory)."""
+    if not per_gpu:
+        return {}
+    gpu = i % len(per_gpu)
+    return {"CUDA_VISIBLE_DEVICES": str(gpu), GPU_SHARE_ENV: str(per_gpu[gpu])}
+
+
+def _spread(per_gpu: dict) -> str:
+    counts = sorted(set(per_gpu.values()))
+    if len(counts) == 1:
+        return "one each" if counts == [1] else f"{counts[0]} each"
+    return ", ".join(f"{k} on GPU {g}" for g, k in per_gpu.items())
 
 
 def _supervise(plan, shards, launch, console) -> bool:

@@ -104,3 +104,35 @@ def test_directory_database_replays_yesterdays_failure_first(tmp_path):
     assert first["first_failure_case"] > 1
     second = _fuzz_run(tmp_path, "day2", db, seed=2)
     assert second["first_failure_case"] == 1
+
+
+def test_auto_runs_two_shards_per_gpu_each_with_its_share_of_the_memory(monkeypatch):
+    from fuzz import shards
+    monkeypatch.setattr(shards, "gpu_count", lambda: 3)
+    assert shards.worker_count("auto", "cuda") == 6
+    assert shards.worker_count("auto", "cuda", large=True) == 3     # the large tier: a GPU's memory each
+    per_gpu = shards.shards_per_gpu(6, 3)
+    assert [shards.gpu_env(i, per_gpu) for i in (0, 4)] == [
+        {"CUDA_VISIBLE_DEVICES": "0", "MHC_FUZZ_GPU_SHARE": "2"}, {"CUDA_VISIBLE_DEVICES": "1", "MHC_FUZZ_GPU_SHARE": "2"}]
+    uneven = shards.shards_per_gpu(5, 2)                # shards 0, 2, 4 on GPU 0; 1, 3 on GPU 1
+    assert uneven == {0: 3, 1: 2} and shards._spread(uneven) == "3 on GPU 0, 2 on GPU 1"
+    assert shards.gpu_env(3, uneven)["MHC_FUZZ_GPU_SHARE"] == "2"
+    assert shards.gpu_env(0, {}) == {}                  # on the CPU: no GPU to pin
+
+
+def test_a_process_of_a_shared_gpu_holds_its_share_of_the_memory_once(monkeypatch):
+    import torch
+    from fuzz import executor
+    asked = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, *a: asked.append(f))
+    monkeypatch.setenv("MHC_FUZZ_GPU_SHARE", "4")
+    monkeypatch.setattr(executor, "_SHARED", False)
+    executor.share_gpu_memory("cpu")
+    assert asked == []
+    executor.share_gpu_memory("cuda")
+    executor.share_gpu_memory("cuda")
+    assert asked == [0.25]
+    monkeypatch.setattr(executor, "_SHARED", False)
+    monkeypatch.setenv("MHC_FUZZ_GPU_SHARE", "1")      # alone on its GPU: no limit
+    executor.share_gpu_memory("cuda")
+    assert asked == [0.25]
