@@ -73,31 +73,24 @@ def compare(component: str, out: torch.Tensor, truth: torch.Tensor, tol: torch.T
 
 
 def compare_many(items) -> list:
-    """Verdicts for several components, [(component, out, truth, tol, out_dtype)], in order:
-    each is what compare() says of it alone. The components of one device are laid end to end
-    and judged in one pass, with per-component reductions, and every number the verdicts
-    need is read back in one synchronisation: a call's five to six components cost one
-    fixed set of launches instead of one set each (on a GPU the launches, not the arithmetic,
-    are what a case waits for)."""
-    verdicts = [None] * len(items)
-    by_device = {}
-    for i, (component, out, _, _, _) in enumerate(items):
-        if out.numel():
-            by_device.setdefault(out.device, []).append(i)
-        else:
-            verdicts[i] = Verdict(component, True, 0.0, 0.0, 0.0, (), 0)
-    for members in by_device.values():
-        # components of one output dtype side by side: the truth is rounded once per dtype
-        members.sort(key=lambda i: str(items[i][4]))
-        rows = _numbers([items[i] for i in members]).tolist()
-        for i, row in zip(members, rows):
+    """Verdicts for several components, [(component, out, truth, tol, out_dtype)], all on one
+    device, in order: each is what compare() says of it alone. The components are laid end to
+    end and judged in one pass, with per-component reductions, and every number the verdicts
+    need is read back in one synchronisation: a call's five to six components cost one fixed
+    set of launches instead of one set each (on a GPU the launches, not the arithmetic, are
+    what a case waits for)."""
+    verdicts = [Verdict(component, True, 0.0, 0.0, 0.0, (), 0) for component, *_ in items]
+    judged = [i for i, (_, out, _, _, _) in enumerate(items) if out.numel()]     # an empty output passes
+    if judged:
+        rows = _numbers([items[i] for i in judged]).tolist()
+        for i, row in zip(judged, rows):
             verdicts[i] = _verdict(items[i][0], tuple(items[i][1].shape), row)
     return verdicts
 
 
 def _numbers(items) -> torch.Tensor:
-    """The numbers of the verdicts of components on one device, sorted by output dtype: one
-    float64 row per component, read by _verdict. Indices below 2^53 are exact as float64."""
+    """The numbers of the verdicts of (non-empty) components: one float64 row per component,
+    read by _verdict. Indices below 2^53 are exact as float64."""
     device = items[0][1].device
     sizes = [out.numel() for _, out, _, _, _ in items]
     o = torch.cat([out.detach().reshape(-1).to(torch.float64) for _, out, _, _, _ in items])
@@ -132,15 +125,15 @@ def _numbers(items) -> torch.Tensor:
     # the first index of a 0/1 row is its first 1, where it has one
     rows = torch.stack([ratio, mismatch.to(torch.float64), err, zero, (~allowed[0]).to(torch.float64), flip,
                         flip_mismatch.to(torch.float64)])
-    bounds = list(itertools.accumulate(sizes, initial=0))
-    tops = [rows[:, a:b].max(dim=1) for a, b in zip(bounds, bounds[1:])]
+    offsets = list(itertools.accumulate(sizes, initial=0))        # component j: offsets[j] .. offsets[j+1]
+    tops = [rows[:, a:b].max(dim=1) for a, b in zip(offsets, offsets[1:])]
     top = torch.stack([v for v, _ in tops])                    # [k, 7]
-    at = torch.stack([i[:2] for _, i in tops])                 # [k, 2]: worst ratio, first mismatch
-    mismatches = mismatch.cumsum(0)[torch.tensor(bounds[1:], device=device) - 1].diff(
-        prepend=torch.zeros(1, dtype=torch.int64, device=device))
-    picks = at + torch.tensor(bounds[:-1], device=device)[:, None]    # offsets into the whole
-    columns = [mismatches, at[:, 0], at[:, 1], top[:, 0], tol[picks[:, 0]], o[picks[:, 0]], o[picks[:, 1]],
-               t[picks[:, 0]], t[picks[:, 1]], top[:, 2], top[:, 3], top[:, 4], top[:, 5], top[:, 6]]
+    at = torch.stack([i for _, i in tops])                     # [k, 7]: column 0 worst ratio, 1 first mismatch
+    bounds = torch.tensor(offsets, device=device)
+    below = torch.nn.functional.pad(mismatch.cumsum(0), (1, 0))    # mismatches before each offset
+    worst, bad = at[:, 0] + bounds[:-1], at[:, 1] + bounds[:-1]    # offsets into the whole
+    columns = [below[bounds[1:]] - below[bounds[:-1]], at[:, 0], at[:, 1], top[:, 0], tol[worst], o[worst], o[bad],
+               t[worst], t[bad], top[:, 2], top[:, 3], top[:, 4], top[:, 5], top[:, 6]]
     return torch.stack([c.to(torch.float64) for c in columns], 1)
 
 

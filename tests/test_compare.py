@@ -342,3 +342,12 @@ def test_ties_and_nan_pick_the_first_of_each_component():
     assert (a.worst_index, a.worst_ratio) == ((0,), 2.0)
     assert b.worst_index == (1,) and math.isnan(b.worst_ratio) and not b.passed
     assert (c.worst_index, c.worst_ratio, c.passed) == ((0,), 0.0, True)
+
+
+def test_the_bound_named_is_the_one_at_the_worst_ratio_also_beside_a_mismatch():
+    """A verdict with a NaN/Inf mismatch points at the first mismatch (its index, output and
+    truth), and still names the worst ratio and the bound where that ratio is."""
+    v = _verdict([1.0, math.nan, 5.0], [1.0, 2.0, 3.0], [0.5, 0.25, 0.125])
+    assert (v.worst_index, v.truth_at_worst, v.nonfinite_mismatches) == ((1,), 2.0, 1)
+    assert math.isnan(v.out_at_worst)
+    assert (v.worst_ratio, v.bound_at_worst) == (16.0, 0.125)
