@@ -532,6 +532,7 @@ def _vec(dtype: torch.dtype, *values: int) -> int:
     return v if all(int(a) % v == 0 for a in values) else 1
 
 
+@functools.lru_cache(maxsize=None)
 def _n_class(n: int) -> dict:
     """Padded widths of n: FP, the mix width F padded to a power of two >= 16 (tl.dot; also
     the row stride of dh_mix and of the forward's partials), WP >= F + 3 (kernel (1)'s partial
@@ -622,18 +623,31 @@ def _bwd_metas(n: int, x_dtype: torch.dtype, vec: int, tvec: int, K: int, T: int
     }
 
 
+@functools.lru_cache(maxsize=1024)
+def _bwd_setup(n: int, x_dtype: torch.dtype, vec: int, tvec: int, K: int, T: int, D: int, overrides: tuple):
+    """(_bwd_config, {kernel: (_bwd_metas' meta, its variant key)}) of a backward call, cached:
+    at small T a call's host time, not its kernels, is what it takes (building these dicts
+    per call made a bf16 backward at T=4096, D=2560 27% slower than before sizes became runtime
+    values, with the same kernel times). T and D matter under the interpreter only (pass 0
+    otherwise); `overrides` is BWD_OVERRIDES as a sorted tuple, read by _bwd_config."""
+    cfg = _bwd_config(n, _dx_dot_precision(x_dtype in (torch.bfloat16, torch.float16)), T, D)
+    kernels = dict(token=_bwd_token_kernel, dx=_bwd_dx_kernel, dphi=_bwd_dphi_kernel, dgamma=_bwd_dgamma_kernel)
+    return cfg, {k: (m, _variant(kernels[k], x_dtype, m)) for k, m in _bwd_metas(n, x_dtype, vec, tvec, K, T, D).items()}
+
+
 # ---------------------------------------------------------------------- launches
 class _Launch:
     """One kernel launch: kernel[grid](*args, **meta)."""
-    __slots__ = ("kernel", "grid", "args", "meta", "x_dtype")
+    __slots__ = ("kernel", "grid", "args", "meta", "x_dtype", "key")
 
-    def __init__(self, kernel, grid, args, meta, x_dtype):
+    def __init__(self, kernel, grid, args, meta, x_dtype, key=None):
         self.kernel, self.grid, self.args, self.meta, self.x_dtype = kernel, grid, args, meta, x_dtype
+        self.key = key                     # variant(), when the caller has it already
 
     def variant(self) -> tuple:
         """What selects the compiled kernel (given that pointer arguments are aligned, x-like
         ones in x's dtype and the rest fp32, and integers are not specialized)."""
-        return _variant(self.kernel, self.x_dtype, self.meta)
+        return self.key or _variant(self.kernel, self.x_dtype, self.meta)
 
     def __call__(self):
         key = self.variant()
@@ -686,7 +700,9 @@ class _BackwardPlan:
         self.FP = _n_class(n)["FP"]
         self.W = 3 + F
         self.dx_prec = _dx_dot_precision(x.dtype in (torch.bfloat16, torch.float16))
-        c = self.cfg = _bwd_config(n, self.dx_prec, T, D)
+        interp = (T, D) if INTERPRET else (0, 0)        # the shape matters under the interpreter only
+        overrides = tuple(sorted(BWD_OVERRIDES.items()))
+        c = self.cfg = _bwd_setup(n, x.dtype, 1, 1, K, *interp, overrides)[0]
         self.g1 = max(1, min(triton.cdiv(T, c["bt1"]), c["g1_max"]))
         self.col_blocks = n * triton.cdiv(D, c["bd3"])
         nsplit = max(1, min(64, triton.cdiv(c["programs3"], self.col_blocks), triton.cdiv(T, c["min_tokens3"])))
@@ -694,7 +710,8 @@ class _BackwardPlan:
         self.nsplit = max(1, triton.cdiv(T, self.tps))
         vec = _vec(x.dtype, D, x_off, dh_off, *sx, *sd)
         tvec = 16 if x.dtype == torch.float32 and T % 16 == 0 and S % 16 == 0 and self.tps % 16 == 0 else 1
-        self.meta = _bwd_metas(n, x.dtype, vec, tvec, K, T, D)
+        metas = _bwd_setup(n, x.dtype, vec, tvec, K, *interp, overrides)[1]
+        self.meta = {k: m for k, (m, _) in metas.items()}
         f32 = dict(dtype=torch.float32, device=dev)
         # extra memory: O(T*FP) + O(nsplit*F*K) with nsplit <= 64
         self.dmix = torch.empty((T, self.FP), **f32)
@@ -706,20 +723,23 @@ class _BackwardPlan:
         self.dgamma = torch.empty((n, D), **f32)
         self.dalpha = torch.empty(3, **f32)
         self.dbias = torch.empty(F, **f32)
-        m, xd = self.meta, x.dtype
-        bk = m["dgamma"]["BLOCK_K"]
+        bk = self.meta["dgamma"]["BLOCK_K"]
+
+        def launch(name, kernel, grid, args):
+            meta, key = metas[name]
+            return _Launch(kernel, grid, args, meta, x.dtype, key)
         self.launches = {
-            "token": _Launch(_bwd_token_kernel, (self.g1,), (
+            "token": launch("token", _bwd_token_kernel, (self.g1,), (
                 self.x, self.dh_in, self.hmix, self.hpre, self.hpost, self.dhpost, self.dhres, self.inv, self.alpha,
-                self.dmix, self.coef, self.part1, T, S, D, x_off, dh_off, *sx, *sd), m["token"], xd),
-            "dx": _Launch(_bwd_dx_kernel, (triton.cdiv(D, c["bd2"]), triton.cdiv(T, c["bt2"])), (
+                self.dmix, self.coef, self.part1, T, S, D, x_off, dh_off, *sx, *sd)),
+            "dx": launch("dx", _bwd_dx_kernel, (triton.cdiv(D, c["bd2"]), triton.cdiv(T, c["bt2"])), (
                 self.x, self.dh_in, self.phig, self.dmix, self.coef, self.hpre, self.dx,
-                T, S, D, x_off, dh_off, *sx, *sd), m["dx"], xd),
-            "dphi": _Launch(_bwd_dphi_kernel, (self.col_blocks, self.nsplit), (
-                self.x, self.dmix, self.part3, T, S, n, D, x_off, *sx, self.tps), m["dphi"], xd),
-            "dgamma": _Launch(_bwd_dgamma_kernel, (triton.cdiv(K, bk) + 1,), (
+                T, S, D, x_off, dh_off, *sx, *sd)),
+            "dphi": launch("dphi", _bwd_dphi_kernel, (self.col_blocks, self.nsplit), (
+                self.x, self.dmix, self.part3, T, S, n, D, x_off, *sx, self.tps)),
+            "dgamma": launch("dgamma", _bwd_dgamma_kernel, (triton.cdiv(K, bk) + 1,), (
                 self.part3, self.phi, self.gamma, self.dphi, self.dgamma, self.part1, self.dalpha, self.dbias,
-                K, self.nsplit, self.g1), m["dgamma"], xd),
+                K, self.nsplit, self.g1)),
         }
 
     def token(self):

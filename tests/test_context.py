@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fuzz.cases import ARG_LAYOUTS, GRAD_MODES, CaseParams, make_inputs
 from fuzz import tolerances as tolmod
@@ -84,6 +85,21 @@ def test_layout_names():
     assert layout_of((4, 8), (0, 1), 0) == ("expanded",)
     assert layout_of((4, 8), (11, 1), 2) == ("strided", "offset")
     assert layout_of((1, 8), (99, 1), 0) == ("contiguous",)          # a dimension of size 1 has no stride
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=4).flatmap(
+    lambda shape: st.tuples(st.just(tuple(shape)), st.lists(st.integers(0, 40), min_size=len(shape), max_size=len(shape)),
+                            st.integers(0, 7))))
+def test_a_tensor_s_layout_is_layout_of_its_sizes_strides_and_address(spec):
+    """tensor_layout's shortcut for contiguous, aligned tensors gives what layout_of gives, for
+    any sizes (0 and 1 included), strides (0 included) and storage offset."""
+    shape, stride, offset = spec
+    base = torch.zeros(offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride) if n), dtype=torch.float32)
+    t = base.as_strided(shape, stride, offset)
+    assert tensor_layout(t) == layout_of(t.shape, t.stride(), t.data_ptr())
+    dense = torch.zeros(shape)[(...,)]                      # contiguous, each stride as torch makes it
+    assert tensor_layout(dense) == layout_of(dense.shape, dense.stride(), dense.data_ptr())
 
 
 def test_small_inputs_in_other_dtypes_feed_the_forward():
