@@ -270,3 +270,17 @@ def test_kernels_compile_for_sm90():
         pytest.skip(f"triton.compile/ASTSource/GPUTarget API missing: {out.stdout.strip()}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("compiled") == 7, out.stdout
+
+
+def test_cached_launch_setup_follows_the_overrides_and_matches_the_metas(monkeypatch):
+    """_bwd_setup caches a call's config and launch parameters: they are _bwd_config's and
+    _bwd_metas' own, with each kernel's variant key, and a change of BWD_OVERRIDES (the bench's
+    --tune) is a new key, never a stale entry."""
+    overrides = tuple(sorted(tm.BWD_OVERRIDES.items()))
+    cfg, metas = tm._bwd_setup(4, torch.bfloat16, 8, 1, 4 * 2560, 0, 0, overrides)
+    assert cfg == tm._bwd_config(4, tm._dx_dot_precision(True))
+    assert {k: m for k, (m, _) in metas.items()} == tm._bwd_metas(4, torch.bfloat16, 8, 1, 4 * 2560)
+    assert metas["dx"][1] == tm._variant(tm._bwd_dx_kernel, torch.bfloat16, metas["dx"][0])
+    monkeypatch.setattr(tm, "BWD_OVERRIDES", {"bt2": 16})
+    tuned, tuned_metas = tm._bwd_setup(4, torch.bfloat16, 8, 1, 4 * 2560, 0, 0, (("bt2", 16),))
+    assert tuned["bt2"] == 16 and tuned_metas["dx"][0]["BLOCK_T"] == 16 and cfg["bt2"] != 16
