@@ -83,7 +83,7 @@ def fuzz_sharded(plan, names: list, console):
     n = worker_count(plan.workers, plan.device, plan.profile.limits(plan.device).large)
     gpus = gpu_count() if plan.device == "cuda" else 0
     per_gpu = shards_per_gpu(n, gpus) if plan.device == "cuda" else {}
-    console.print(f"{n} workers on {plan.device}" + (f" ({gpus} GPUs, {_spread(per_gpu)})" if per_gpu else ""))
+    console.print(f"{n} workers on {plan.device}" + (f" ({gpus} GPU{'s' * (gpus > 1)}, {_spread(per_gpu)})" if per_gpu else ""))
     if not names:
         return [], n, False
     shards = {}
