@@ -64,19 +64,6 @@ class CaseLoadError(RuntimeError):
     """A case's tensors file could not be loaded (it changed or vanished since it was checked)."""
 
 
-def _run_one(backend, params: CaseParams, device, tolerances, tensors=None, **options) -> CaseResult:
-    if tensors is None:
-        return run_case(backend, params, device, tolerances, **options)
-    from fuzz.given import GivenTensorsError, inputs_from_file
-    from fuzz.truth import truth_from_saved
-    context = CallContext(params, device)     # given tensors are called in their case's context too
-    try:
-        inp = inputs_from_file(tensors, context.input_device, params)
-    except (GivenTensorsError, OSError) as exc:
-        raise CaseLoadError(str(exc)) from None
-    return run_inputs(context.wrap(backend), inp, device, tolerances, truth_of=truth_from_saved, **options)
-
-
 def share_gpu_memory(device: str):
     """On a GPU shared by k shards (MHC_FUZZ_GPU_SHARE=k, fuzz/shards.py), this process may hold
     1/k of its memory: the caching allocator then frees its own cache and retries at that
@@ -98,10 +85,23 @@ def share_gpu_memory(device: str):
 _SHARED = False
 
 
+def _run_one(backend, params: CaseParams, device, tolerances, tensors=None, **options) -> CaseResult:
+    share_gpu_memory(device)
+    if tensors is None:
+        return run_case(backend, params, device, tolerances, **options)
+    from fuzz.given import GivenTensorsError, inputs_from_file
+    from fuzz.truth import truth_from_saved
+    context = CallContext(params, device)     # given tensors are called in their case's context too
+    try:
+        inp = inputs_from_file(tensors, context.input_device, params)
+    except (GivenTensorsError, OSError) as exc:
+        raise CaseLoadError(str(exc)) from None
+    return run_inputs(context.wrap(backend), inp, device, tolerances, truth_of=truth_from_saved, **options)
+
+
 def run_calls(registry, tolerances, device, name, params: dict, options: dict) -> dict:
     """The calls of options["history"] [(backend, params dict)] in this process (their results
     kept only as failure signatures, in "earlier"), then the case; the case's result as a dict."""
-    share_gpu_memory(device)
     options = dict(options)
     history = options.pop("history", ())
     plain = {k: v for k, v in options.items() if k != "tensors"}
@@ -124,7 +124,6 @@ class InProcessExecutor:
         # in this process a running case cannot be stopped: the deadline is only checked before it
         if (deadline is not None and time.monotonic() >= deadline) or stop.requested():
             return not_run(backend_name, params, self.device, "the run's deadline had passed")
-        share_gpu_memory(self.device)
         return _run_one(self.registry.get(backend_name), params, self.device, self.tolerances, **options)
 
     def close(self):
@@ -264,7 +263,6 @@ class SubprocessExecutor:
         still running then is stopped and returned as not run."""
         if (deadline is not None and time.monotonic() >= deadline) or stop.requested():
             return not_run(backend_name, params, self.device, "the run's deadline had passed")
-        share_gpu_memory(self.device)
         if params.first_call:          # the first call of anything in its process
             return self.run_fresh(backend_name, params, deadline=deadline, **options)
         self.warm()

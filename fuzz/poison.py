@@ -152,7 +152,7 @@ class _CudaFill:
             // POOL_SHARE_OF_DEVICE
         self.renewals = 0
 
-    def _renew(self) -> list:
+    def _renew(self):
         """Start again from an empty pool. Cases of many shapes leave the pool with ever more
         free blocks, each filled before every call (launches, not bytes: they were 8 ms of a
         golden case), and with memory no other pool can use, which ran a GPU shared by
@@ -161,7 +161,6 @@ class _CudaFill:
         self.pool = torch.cuda.MemPool()
         torch.cuda.empty_cache()
         self.renewals += 1
-        return []
 
     def _free_blocks(self):
         """[(address, size, in the small pool)] of every free block of the pool on this device."""
@@ -181,7 +180,8 @@ class _CudaFill:
             return
         blocks = self._free_blocks()
         if len(blocks) > MAX_FREE_BLOCKS or sum(size for _, size, _ in blocks) > max(4 * reserve, self.cap):
-            blocks = self._renew()
+            self._renew()
+            blocks = []
         grow = max((size for _, size, small in blocks if not small), default=0) < reserve
         if torch.cuda.mem_get_info()[0] < 2 * reserve:
             # inside the pool's context the allocator cannot hand the harness's cached memory

@@ -3,9 +3,10 @@ per GPU with auto), the search split by seed, merged into one RunOutcome that th
 writes like any other run.
 
 Each shard is `mhc-fuzz run` itself in a child process with CUDA_VISIBLE_DEVICES pinned to
-one GPU, a share of its memory (MHC_FUZZ_GPU_SHARE: the shards on that GPU) and its own seed (seed*1000 + i), writing to the shared reports folder (safe: reports
-are locked and atomic) and its full statistics to out/worker-i/stats-R.json. A shard that dies
-is restarted for the rest of the budget. On SIGINT/SIGTERM (to this process or to the whole
+one GPU, a share of its memory (MHC_FUZZ_GPU_SHARE: the shards on that GPU) and its own seed
+(seed*1000 + i), writing to the shared reports folder (safe: reports are locked and atomic)
+and its full statistics to out/worker-i/stats-R.json. A shard that dies is restarted for the
+rest of the budget. On SIGINT/SIGTERM (to this process or to the whole
 group) the shards stop like any interrupted run, and what they did is merged."""
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def fuzz_sharded(plan, names: list, console):
     n = worker_count(plan.workers, plan.device, plan.profile.limits(plan.device).large)
     gpus = gpu_count() if plan.device == "cuda" else 0
     per_gpu = shards_per_gpu(n, gpus) if plan.device == "cuda" else {}
-    console.print(f"{n} workers on {plan.device}" + (f" ({gpus} GPU{'s' * (gpus > 1)}, {_spread(per_gpu)})" if per_gpu else ""))
+    where = f" ({gpus} GPU{'s' * (gpus > 1)}, {_spread(per_gpu)})" if per_gpu else ""
+    console.print(f"{n} workers on {plan.device}{where}")
     if not names:
         return [], n, False
     shards = {}
